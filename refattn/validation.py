@@ -1,0 +1,93 @@
+"""Input checks shared by the reference and every kernel.
+
+Bad input is refused here, before any kernel runs, with a message that names
+the argument and the problem. Policy for non-finite values: NaN or Inf in
+q, k, v (or do) is refused with ``ValueError``; attention of non-finite
+inputs has no single right answer, and a silent NaN output hides bugs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CAUSAL_MODES = ("bottom_right", "top_left")
+
+#: dtypes the simulated kernels compute in.
+KERNEL_DTYPES = (np.float32, np.float64)
+
+
+def normalize_causal(causal):
+    """Map ``False/None/True/"bottom_right"/"top_left"`` to None or a mode name."""
+    if causal is None or causal is False:
+        return None
+    if causal is True:
+        return "bottom_right"
+    if isinstance(causal, str) and causal in CAUSAL_MODES:
+        return causal
+    raise ValueError(f"causal must be False, True, 'bottom_right' or 'top_left', got {causal!r}")
+
+
+def _check_array(name, x, where, float_dtypes):
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # pragma: no cover - exotic objects
+            raise TypeError(f"{where}: {name} must be an array, got {type(x).__name__}") from exc
+    if x.ndim < 2:
+        raise ValueError(f"{where}: {name} must have at least 2 dims (..., N, d), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{where}: {name} must be a floating-point array, got dtype {x.dtype}")
+    if float_dtypes is not None and x.dtype.type not in float_dtypes:
+        allowed = ", ".join(np.dtype(t).name for t in float_dtypes)
+        raise TypeError(f"{where}: {name} has dtype {x.dtype}; this kernel computes in {allowed}")
+    if x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise ValueError(f"{where}: {name} has an empty dimension, shape {x.shape} (N and d must be >= 1)")
+    if not np.all(np.isfinite(x)):
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(f"{where}: {name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+    return x
+
+
+def check_attention_inputs(q, k, v, *, mask=None, causal=False, where="attention", float_dtypes=None):
+    """Validate shapes, dtypes and values; return ``(q, k, v)`` as arrays.
+
+    ``float_dtypes``: if given, the only accepted dtypes (kernels pass
+    ``KERNEL_DTYPES``); q, k and v must then share one dtype.
+    """
+    q = _check_array("q", q, where, float_dtypes)
+    k = _check_array("k", k, where, float_dtypes)
+    v = _check_array("v", v, where, float_dtypes)
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"{where}: q and k must share the head dim d, got q {q.shape} and k {k.shape}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"{where}: k and v must share Nk, got k {k.shape} and v {v.shape}")
+    try:
+        np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"{where}: leading (batch/head) dims do not broadcast: q {q.shape}, k {k.shape}, v {v.shape}"
+        ) from None
+    if float_dtypes is not None and not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{where}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    normalize_causal(causal)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise TypeError(f"{where}: mask must be boolean (True = keep), got dtype {mask.dtype}")
+        target = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-2])
+        try:
+            if np.broadcast_shapes(mask.shape, target) != target:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{where}: mask shape {mask.shape} does not broadcast to {target}") from None
+    return q, k, v
+
+
+def check_scale(scale, d, where="attention"):
+    """Return the softmax scale as a float (default 1/sqrt(d)); refuse non-finite values."""
+    if scale is None:
+        return 1.0 / float(np.sqrt(d))
+    scale = float(scale)
+    if not np.isfinite(scale):
+        raise ValueError(f"{where}: scale must be finite, got {scale}")
+    return scale
