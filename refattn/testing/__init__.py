@@ -1,0 +1,57 @@
+"""refattn.testing: a conformance kit that property-tests any attention kernel.
+
+Five lines test your own kernel against the float64 naive softmax::
+
+    from refattn.testing import Capabilities, check_attention
+
+    def my_attention(q, k, v, *, causal, scale, mask):   # NumPy in, (o, lse) out
+        ...
+    check_attention(my_attention, capabilities=Capabilities(dtypes=("float32",)))
+
+* :func:`check_attention` (and :func:`assert_conforms`, its pytest form)
+  draws problems with :func:`problems` (hypothesis strategies: shapes, dtypes,
+  masks, value distributions), runs ``fn`` and :mod:`refattn.reference` on
+  each, and on failure raises :class:`ConformanceError` whose text is the
+  shrunk minimal example, the error and where it lies; known convention
+  differences (causal alignment, fully masked rows, lse units, scale or mask
+  ignored/inverted) are named.
+* :class:`Capabilities` says what the kernel claims (JSON-able, for
+  ``refattn conform package.module:function --capabilities '{...}'``).
+* :mod:`~refattn.testing.tolerance`: dtype-derived tolerances (the rule is in
+  its docstring), overridable with :class:`Tolerance`.
+* :func:`from_torch`, :func:`from_jax`: adapters (lazy imports); ``torch_sdpa``
+  with ``TORCH_SDPA_CAPABILITIES``.
+* A pytest fixture: add ``pytest_plugins = ["refattn.testing.pytest_plugin"]``
+  to your ``conftest.py`` and take ``attention_conformance`` as an argument.
+
+This package imports **hypothesis** at import time (it is in refattn's
+``[dev]`` extra: ``pip install 'refattn[dev]'`` or ``pip install hypothesis``).
+"""
+
+from refattn.testing.adapters import TORCH_SDPA_CAPABILITIES, from_jax, from_torch, torch_sdpa
+from refattn.testing.check import (
+    DEFAULT_MAX_EXAMPLES,
+    ConformanceError,
+    ConformanceReport,
+    Failure,
+    assert_conforms,
+    check_attention,
+)
+from refattn.testing.strategies import (
+    DTYPES,
+    MASK_KINDS,
+    VALUE_KINDS,
+    Capabilities,
+    Problem,
+    head_dims,
+    leading_dims,
+    problems,
+    sizes,
+)
+from refattn.testing.tolerance import Tolerance
+
+__all__ = [
+    "Capabilities", "ConformanceError", "ConformanceReport", "DEFAULT_MAX_EXAMPLES", "DTYPES", "Failure",
+    "MASK_KINDS", "Problem", "TORCH_SDPA_CAPABILITIES", "Tolerance", "VALUE_KINDS", "assert_conforms",
+    "check_attention", "from_jax", "from_torch", "head_dims", "leading_dims", "problems", "sizes", "torch_sdpa",
+]
