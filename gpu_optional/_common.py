@@ -1,0 +1,110 @@
+"""Shared helpers for the Triton kernels: input checks, shapes, configs.
+
+Everything here imports torch and triton; ``gpu_optional/__init__.py`` imports
+this module only when a kernel is first used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+
+from refattn.validation import check_scale, normalize_causal
+
+#: dtypes the kernels accept (accumulation is always float32).
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634
+
+#: True under ``TRITON_INTERPRET=1`` (the CPU interpreter used by the tests).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def autotune_on() -> bool:
+    """Autotune on a GPU unless ``GPU_OPTIONAL_AUTOTUNE=0`` (tests use one config to save compile time)."""
+    return not INTERPRET and os.environ.get("GPU_OPTIONAL_AUTOTUNE", "1") != "0"
+
+
+def configs(gpu_list, gpu_default, interp):
+    """Pick the Triton configs: ``interp`` under the interpreter, the list or the default on a GPU."""
+    def make(c):
+        bm, bn, w, s = c
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+
+    if INTERPRET:
+        return [make(interp)]
+    return [make(c) for c in (gpu_list if autotune_on() else [gpu_default])]
+
+
+def prune_for_head_dim(configs_, named_args, **kwargs):
+    """Drop tiles too large for shared memory at big head dims or float32 inputs."""
+    args = {**named_args, **kwargs}
+    bd = max(args.get("BLOCK_D", 64), args.get("BLOCK_DV", 64))
+    fp32 = args.get("PREC", "") == "ieee"
+    limit = 128 * 128 if bd <= 64 and not fp32 else (128 * 64 if bd <= 128 and not fp32 else 64 * 32)
+    kept = [c for c in configs_ if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= limit]
+    if not kept:
+        kept = [min(configs_, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    return kept
+
+
+def block_dim(d: int) -> int:
+    """Padded (power of two, >= 16) tile width for head dim ``d``; extra lanes are masked."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def check_qkv(q, k, v, causal, scale, where, *, check_finite=True):
+    """Validate torch inputs; return ``(mode, offset, scale, lead_shape)``.
+
+    ``mode`` is None / 'bottom_right' / 'top_left'; ``offset`` is the causal
+    shift: key j is visible to query i iff ``j <= i + offset``.
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"{where}: {name} must have at least 2 dims (..., N, d), got shape {tuple(x.shape)}")
+        if x.dtype not in DTYPES:
+            raise TypeError(f"{where}: {name} has dtype {x.dtype}; the Triton kernels take float16, bfloat16, float32")
+        if x.shape[-1] == 0 or x.shape[-2] == 0:
+            raise ValueError(f"{where}: {name} has an empty dimension, shape {tuple(x.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{where}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"{where}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.device.type != "cuda" and not INTERPRET:
+        raise ValueError(f"{where}: tensors are on {q.device}; Triton needs a CUDA device (or TRITON_INTERPRET=1)")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"{where}: q and k must share the head dim d, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"{where}: k and v must share Nk, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        raise ValueError(f"{where}: q, k, v must share the leading (batch, head) dims, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if max(q.shape[-1], v.shape[-1]) > 256:
+        raise ValueError(f"{where}: head dims up to 256 are supported, got d={q.shape[-1]}, dv={v.shape[-1]}")
+    if check_finite:
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{where}: {name} contains NaN or Inf")
+    mode = normalize_causal(causal)
+    nq, nk = q.shape[-2], k.shape[-2]
+    offset = (nk - nq if mode == "bottom_right" else 0) if mode else 0
+    scale = check_scale(scale, q.shape[-1], where)
+    return mode, offset, scale, tuple(q.shape[:-2])
+
+
+def flatten(x):
+    """(..., N, d) -> contiguous (Z, N, d)."""
+    return x.reshape(-1, x.shape[-2], x.shape[-1]).contiguous()
+
+
+def precision(dtype) -> str:
+    """float32 inputs get exact (ieee) dots; 16-bit inputs use the tensor cores' native mode."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def numel_lead(shape) -> int:
+    return int(math.prod(shape)) if shape else 1

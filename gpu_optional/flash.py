@@ -1,0 +1,390 @@
+"""Dense FlashAttention-2 in Triton: forward, backward with recomputation, autograd.
+
+Forward (FlashAttention-2, Algorithm 1; ALGORITHMS.md section 3). One program
+per (query block of BLOCK_M rows, batch*head z)::
+
+    load Q_i                                   # (BLOCK_M, d) stays on chip
+    m = -inf, l = 0, acc = 0                   # float32, acc unnormalised
+    for each key block j (BLOCK_N keys):       # causal: only blocks a row can see
+        S = (scale*log2 e) * Q_i K_j^T         # base-2 logits: exp2 instead of exp
+        m_new = max(m, rowmax S)
+        P = exp2(S - m_new);  alpha = exp2(m - m_new)   # rescale, NOT inverted (FA2 erratum)
+        l = alpha*l + rowsum P;  acc = alpha*acc + P V_j
+    O_i = acc / l;   LSE_i = (m + log2 l) * ln 2        # natural-log LSE
+
+Key blocks split in two loops: the blocks every row of the query block sees
+in full (no mask at all) and the rest (boundary of Nk, causal diagonal),
+which apply the element mask. A row with no visible key keeps m = -inf: the
+shift uses 0 there, so it ends with O = 0 and LSE = -inf, never NaN.
+
+Causal is bottom-right aligned (key j visible to query i iff j <= i + Nk - Nq),
+refattn's convention; ``causal="top_left"`` gives PyTorch's ``is_causal``.
+
+Backward (FlashAttention-2's order, recomputing P from the saved LSE):
+a preprocessing pass writes D_i = rowsum(dO_i * O_i) and LSE in base 2; one
+kernel per key block accumulates dK_j, dV_j over query blocks; one kernel per
+query block accumulates dQ_i over key blocks (no atomics)::
+
+    P = exp2(S - LSE2);  dV += P^T dO;  dP = dO V^T;  dS = P * (dP - D)
+    dK += scale * dS^T Q;  dQ += scale * dS K
+
+Shapes: q (..., Nq, d), k (..., Nk, d), v (..., Nk, dv), leading dims equal;
+head dims up to 256, any value (tiles are padded to a power of two and masked).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gpu_optional._common import (
+    LOG2E,
+    block_dim,
+    check_qkv,
+    configs,
+    flatten,
+    precision,
+    prune_for_head_dim,
+)
+
+__all__ = ["flash_attention", "flash_forward", "flash_backward", "FlashAttentionFunction"]
+
+
+# ---------------------------------------------------------------- tile helpers
+@triton.jit
+def _load_rows(ptrs, rows, n_rows, cols, n_cols, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
+    """Load a (rows, cols) tile; masked lanes read 0."""
+    if CHECK_ROWS:
+        if CHECK_COLS:
+            x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+        else:
+            x = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+    else:
+        if CHECK_COLS:
+            x = tl.load(ptrs, mask=cols[None, :] < n_cols, other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv, lo, hi,
+               qk_scale, N_K, OFFSET,
+               D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr):
+    """Online softmax over key blocks [lo, hi) (lo, hi multiples of BLOCK_N)."""
+    arange_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + arange_n
+        k = _load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n, N_K, offs_d, D,
+                       MASKED, BLOCK_D != D)                                   # (BLOCK_N, BLOCK_D)
+        v = _load_rows(V + offs_n[:, None] * stride_vn + offs_dv[None, :], offs_n, N_K, offs_dv, DV,
+                       MASKED, BLOCK_DV != DV)                                 # (BLOCK_N, BLOCK_DV)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale            # (BLOCK_M, BLOCK_N), base 2
+        if MASKED:
+            keep = offs_n[None, :] < N_K
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None] + OFFSET)
+            s = tl.where(keep, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)             # fully masked row so far
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_shift = m_new
+        p = tl.math.exp2(s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(
+    configs=configs([(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+                    (128, 64, 4, 3), (32, 16, 4, 1)),
+    key=["N_Q", "N_K", "BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC"],
+    prune_configs_by={"early_config_prune": prune_for_head_dim},
+)
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE,
+                stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn, stride_oz, stride_on,
+                N_Q, N_K, OFFSET, qk_scale,
+                D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    Q += z * stride_qz
+    K += z * stride_kz
+    V += z * stride_vz
+    q = _load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m, N_Q, offs_d, D,
+                   True, BLOCK_D != D)                                           # (BLOCK_M, BLOCK_D)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    if CAUSAL:
+        # keys visible to some row of the block: j < start_m + BLOCK_M + OFFSET
+        hi = tl.maximum(tl.minimum(N_K, start_m + BLOCK_M + OFFSET), 0)
+        # keys visible to every row of the block: j <= start_m + OFFSET
+        full = tl.maximum(tl.minimum(start_m + OFFSET + 1, N_K), 0) // BLOCK_N * BLOCK_N
+    else:
+        hi = N_K
+        full = N_K // BLOCK_N * BLOCK_N
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
+                               0, full, qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N,
+                               False, CAUSAL, PREC)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
+                               full, hi, qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N,
+                               True, CAUSAL, PREC)
+    has = l_i > 0
+    o = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, (m_i + tl.math.log2(tl.where(has, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
+    O += z * stride_oz
+    o_ptrs = O + offs_m[:, None] * stride_on + offs_dv[None, :]
+    tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_dv[None, :] < DV))
+    tl.store(LSE + z * N_Q + offs_m, lse, mask=offs_m < N_Q)
+
+
+# ---------------------------------------------------------------- backward
+@triton.jit
+def _bwd_preprocess(O, DO, LSE, DELTA, LSE2, stride_z, stride_n, N_Q,
+                    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr):
+    """D_i = rowsum(dO_i * O_i); LSE2 = LSE * log2 e, with -inf (empty row) -> +inf so P = 0."""
+    pid_m = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    msk = (offs_m[:, None] < N_Q) & (offs_dv[None, :] < DV)
+    ptrs = z * stride_z + offs_m[:, None] * stride_n + offs_dv[None, :]
+    o = tl.load(O + ptrs, mask=msk, other=0.0).to(tl.float32)
+    do = tl.load(DO + ptrs, mask=msk, other=0.0).to(tl.float32)
+    row = z * N_Q + offs_m
+    tl.store(DELTA + row, tl.sum(o * do, 1), mask=offs_m < N_Q)
+    lse = tl.load(LSE + row, mask=offs_m < N_Q, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    tl.store(LSE2 + row, lse2, mask=offs_m < N_Q)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d, offs_dv, lo, hi,
+                qk_scale, N_Q, OFFSET,
+                D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                BLOCK_M: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr):
+    """Accumulate dK_j, dV_j over query blocks [lo, hi). Rows >= N_Q read LSE2 = +inf, so P = 0."""
+    arange_m = tl.arange(0, BLOCK_M)
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        offs_m = start_m + arange_m
+        q = _load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m, N_Q, offs_d, D,
+                       True, BLOCK_D != D)                                       # (BLOCK_M, BLOCK_D)
+        do = _load_rows(DO + offs_m[:, None] * stride_don + offs_dv[None, :], offs_m, N_Q, offs_dv, DV,
+                        True, BLOCK_DV != DV)                                    # (BLOCK_M, BLOCK_DV)
+        lse2 = tl.load(LSE2 + offs_m, mask=offs_m < N_Q, other=float("inf"))
+        delta = tl.load(DELTA + offs_m, mask=offs_m < N_Q, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale           # (BLOCK_N, BLOCK_M)
+        p_t = tl.math.exp2(s_t - lse2[None, :])
+        if MASKED:
+            p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + OFFSET, p_t, 0.0)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PREC)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)                    # (BLOCK_N, BLOCK_M)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PREC)
+    return dk, dv
+
+
+@triton.autotune(
+    configs=configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3)], (64, 128, 8, 3), (16, 32, 4, 1)),
+    key=["N_Q", "N_K", "BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC"],
+    prune_configs_by={"early_config_prune": prune_for_head_dim},
+)
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV_,
+                     stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn, stride_doz, stride_don,
+                     N_Q, N_K, OFFSET, qk_scale, scale,
+                     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = _load_rows(K + z * stride_kz + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n, N_K, offs_d, D,
+                   True, BLOCK_D != D)                                           # (BLOCK_N, BLOCK_D)
+    v = _load_rows(V + z * stride_vz + offs_n[:, None] * stride_vn + offs_dv[None, :], offs_n, N_K, offs_dv, DV,
+                   True, BLOCK_DV != DV)                                         # (BLOCK_N, BLOCK_DV)
+    Q += z * stride_qz
+    DO += z * stride_doz
+    LSE2 += z * N_Q
+    DELTA += z * N_Q
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    end = tl.cdiv(N_Q, BLOCK_M) * BLOCK_M
+    if CAUSAL:
+        # rows that see key start_n: i >= start_n - OFFSET; rows that see the whole block:
+        # i >= start_n + BLOCK_N - 1 - OFFSET.
+        lo = tl.minimum(tl.maximum(start_n - OFFSET, 0) // BLOCK_M * BLOCK_M, end)
+        mid = tl.minimum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - OFFSET, 0), BLOCK_M) * BLOCK_M, end)
+        mid = tl.maximum(mid, lo)
+        dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d, offs_dv,
+                             lo, mid, qk_scale, N_Q, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, True, PREC)
+    else:
+        mid = 0
+    dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d, offs_dv,
+                         mid, end, qk_scale, N_Q, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, False, PREC)
+    dk = dk * scale
+    row_ok = offs_n[:, None] < N_K
+    tl.store(DK + z * stride_kz + offs_n[:, None] * stride_kn + offs_d[None, :], dk.to(DK.dtype.element_ty),
+             mask=row_ok & (offs_d[None, :] < D))
+    tl.store(DV_ + z * stride_vz + offs_n[:, None] * stride_vn + offs_dv[None, :], dv.to(DV_.dtype.element_ty),
+             mask=row_ok & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv, lo, hi,
+              qk_scale, N_K, OFFSET,
+              D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr):
+    arange_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + arange_n
+        k = _load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n, N_K, offs_d, D,
+                       MASKED, BLOCK_D != D)
+        v = _load_rows(V + offs_n[:, None] * stride_vn + offs_dv[None, :], offs_n, N_K, offs_dv, DV,
+                       MASKED, BLOCK_DV != DV)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale            # (BLOCK_M, BLOCK_N)
+        p = tl.math.exp2(s - lse2[:, None])
+        if MASKED:
+            keep = offs_n[None, :] < N_K
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None] + OFFSET)
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
+    return dq
+
+
+@triton.autotune(
+    configs=configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3)], (128, 64, 8, 3), (32, 16, 4, 1)),
+    key=["N_Q", "N_K", "BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC"],
+    prune_configs_by={"early_config_prune": prune_for_head_dim},
+)
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ,
+                   stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn, stride_doz, stride_don,
+                   N_Q, N_K, OFFSET, qk_scale, scale,
+                   D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = _load_rows(Q + z * stride_qz + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m, N_Q, offs_d, D,
+                   True, BLOCK_D != D)
+    do = _load_rows(DO + z * stride_doz + offs_m[:, None] * stride_don + offs_dv[None, :], offs_m, N_Q,
+                    offs_dv, DV, True, BLOCK_DV != DV)
+    lse2 = tl.load(LSE2 + z * N_Q + offs_m, mask=offs_m < N_Q, other=float("inf"))
+    delta = tl.load(DELTA + z * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
+    K += z * stride_kz
+    V += z * stride_vz
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if CAUSAL:
+        hi = tl.maximum(tl.minimum(N_K, start_m + BLOCK_M + OFFSET), 0)
+        full = tl.maximum(tl.minimum(start_m + OFFSET + 1, N_K), 0) // BLOCK_N * BLOCK_N
+    else:
+        hi = N_K
+        full = N_K // BLOCK_N * BLOCK_N
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv, 0, full,
+                   qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N, False, CAUSAL, PREC)
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv, full, hi,
+                   qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N, True, CAUSAL, PREC)
+    dq = dq * scale
+    tl.store(DQ + z * stride_qz + offs_m[:, None] * stride_qn + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < D))
+
+
+# ---------------------------------------------------------------- launchers
+def flash_forward(q, k, v, *, causal=False, scale=None, check_finite=True):
+    """Forward only. Returns ``(o, lse)``: o like q but with dv, lse float32 (..., Nq), natural log."""
+    mode, offset, scale, lead = check_qkv(q, k, v, causal, scale, "gpu_optional.flash_forward",
+                                          check_finite=check_finite)
+    q3, k3, v3 = flatten(q), flatten(k), flatten(v)
+    z, nq, d = q3.shape
+    nk, dv = k3.shape[1], v3.shape[2]
+    o = torch.empty((z, nq, dv), dtype=q.dtype, device=q.device)
+    lse = torch.empty((z, nq), dtype=torch.float32, device=q.device)
+    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), z)
+    _fwd_kernel[grid](q3, k3, v3, o, lse,
+                      q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
+                      o.stride(0), o.stride(1), nq, nk, offset, scale * LOG2E,
+                      D=d, DV=dv, BLOCK_D=block_dim(d), BLOCK_DV=block_dim(dv),
+                      CAUSAL=mode is not None, PREC=precision(q.dtype))
+    return o.reshape(*lead, nq, dv), lse.reshape(*lead, nq)
+
+
+def flash_backward(q, k, v, o, lse, do, *, causal=False, scale=None):
+    """Gradients ``(dq, dk, dv)`` of ``sum(O * dO)`` by recomputation, from the forward's ``o`` and ``lse``."""
+    mode, offset, scale, lead = check_qkv(q, k, v, causal, scale, "gpu_optional.flash_backward",
+                                          check_finite=False)
+    if do.shape != o.shape:
+        raise ValueError(f"gpu_optional.flash_backward: do has shape {tuple(do.shape)}, expected {tuple(o.shape)}")
+    q3, k3, v3 = flatten(q), flatten(k), flatten(v)
+    o3, do3 = flatten(o), flatten(do.to(o.dtype))
+    z, nq, d = q3.shape
+    nk, dv = k3.shape[1], v3.shape[2]
+    lse3 = lse.reshape(z, nq).contiguous()
+    delta = torch.empty((z, nq), dtype=torch.float32, device=q.device)
+    lse2 = torch.empty_like(delta)
+    bd, bdv = block_dim(d), block_dim(dv)
+    pre_m = 64 if bdv <= 128 else 32
+    _bwd_preprocess[(triton.cdiv(nq, pre_m), z)](o3, do3, lse3, delta, lse2, o3.stride(0), o3.stride(1), nq,
+                                                  DV=dv, BLOCK_DV=bdv, BLOCK_M=pre_m)
+    dq = torch.empty_like(q3)
+    dk = torch.empty_like(k3)
+    dv_ = torch.empty_like(v3)
+    common = dict(D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, CAUSAL=mode is not None, PREC=precision(q.dtype))
+    strides = (q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
+               do3.stride(0), do3.stride(1))
+    _bwd_dkdv_kernel[lambda m: (triton.cdiv(nk, m["BLOCK_N"]), z)](
+        q3, k3, v3, do3, lse2, delta, dk, dv_, *strides, nq, nk, offset, scale * LOG2E, scale, **common)
+    _bwd_dq_kernel[lambda m: (triton.cdiv(nq, m["BLOCK_M"]), z)](
+        q3, k3, v3, do3, lse2, delta, dq, *strides, nq, nk, offset, scale * LOG2E, scale, **common)
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv_.reshape(v.shape)
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """``o = FlashAttentionFunction.apply(q, k, v, causal, scale)``; ``loss.backward()`` runs the Triton backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal=False, scale=None):
+        o, lse = flash_forward(q, k, v, causal=causal, scale=scale, check_finite=False)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal, ctx.scale = causal, scale
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = flash_backward(q, k, v, o, lse, do.contiguous(), causal=ctx.causal, scale=ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def flash_attention(q, k, v, *, causal=False, scale=None, check_finite=True):
+    """FlashAttention on torch tensors. Returns ``(o, lse)``; differentiable in q, k, v through ``o``.
+
+    ``causal``: False, True / "bottom_right" (refattn's convention) or "top_left".
+    ``lse`` is float32 in natural-log units; -inf for a row that sees no key.
+    """
+    check_qkv(q, k, v, causal, scale, "gpu_optional.flash_attention", check_finite=check_finite)
+    return FlashAttentionFunction.apply(q, k, v, causal, scale)
