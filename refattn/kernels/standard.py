@@ -1,0 +1,537 @@
+"""Standard attention: the three-pass baseline that materialises S and P in HBM.
+
+This is the algorithm the FlashAttention paper beats (its Algorithm 0;
+ALGORITHMS.md section 2), run on the simulated hierarchy so that every
+element it moves is counted by :mod:`refattn.memory`. Nothing is skipped:
+masked entries are computed, written to S as -inf and to P as 0.
+
+Forward, per head (Nq queries, Nk keys, head dims d and dv)::
+
+    F1  S = scale * Q K^T        read Q, K by tiles   -> write S  (Nq x Nk)
+    F2  P = softmax(S), L = lse  read S by rows       -> write P, L
+    F3  O = P V                  read P, V by tiles   -> write O
+
+Backward (the derivation of ALGORITHMS.md section 1)::
+
+    B1  dV = P^T dO              read P, dO           -> write dV
+    B2  dP = dO V^T, D = rowsum(dO * O)   read dO, O, V -> write dP, D
+    B3  dS = P * (dP - D)        read P, dP, D        -> write dS
+    B4  dQ = scale * dS K        read dS, K           -> write dQ
+    B5  dK = scale * dS^T Q      read dS, Q           -> write dK
+
+The backward reads the P that the forward left in HBM. Since this wrapper
+is called without it, P is rebuilt first by running passes F1-F2 of the
+*same* jitted code on scratch counters that are thrown away: the bits are
+those the forward stored, and the counted traffic is the backward's alone.
+
+Tiling (the project's choice, stated once)
+------------------------------------------
+Matrix-product passes (F1, F3, B1, B2, B4, B5) hold a block of R "outer"
+rows on chip (a elements per row: e.g. the Q block in F1, the O accumulator
+in F3) and stream blocks of C "inner" rows (b elements per row: K in F1, V
+in F3) past it, with ``t`` tiles of R x C on chip (the S/P/dS tile, plus
+the mask tile in F1 when a mask is given). Footprint ``R*a + C*b + t*R*C``.
+Block sizes from M::
+
+    C = min(n_inner, max(1, M // (4 b)))
+    R = min(n_outer, (M - C b) // (a + t C))        # the rest of M goes to R
+    if R < 1: C = 1, R = min(n_outer, (M - b) // (a + t));  R < 1: SramTooSmall
+
+    pass  outer  inner   a     b    t
+    F1    Nq     Nk      d     d    1 (+1 with a mask)
+    F3    Nq     Nk      dv    dv   1
+    B1    Nk     Nq      dv    dv   1     (dV accumulator; dO streamed)
+    B2    Nq     Nk      2dv+1 dv   1     (dO, O and D held; V streamed)
+    B4    Nq     Nk      d     d    1     (dQ accumulator; K streamed)
+    B5    Nk     Nq      d     d    1     (dK accumulator; Q streamed)
+
+Row passes (F2, B3) hold R rows of ``k`` tiles of width C plus ``s``
+statistics per row (F2: k = 1 (S, turned into P in place), s = 2 (m, l);
+B3: k = 2 (P and dP, turned into dS), s = 1 (D)). If a whole row fits
+(``M >= k Nk + s``): C = Nk, R = min(Nq, M // (k Nk + s)). Otherwise R = 1
+and C = (M - s) // k. Softmax with whole rows reads S once; with partial
+rows it reads S twice (sweep 1: online max/sum -> L; sweep 2: P = exp(S - L)).
+B3 is elementwise once D is known, so it reads P and dP once either way.
+
+Steps: one step per tile of each pass (F1, F3, B1, B2, B4, B5: one per
+R x C tile; F2 and B3: one per row block when rows fit, else one per chunk
+of each sweep). Heads run one after another, each through all its passes.
+``stop_after=k`` stops after step k: ``state`` names the pass, head and tile,
+holds the pass's on-chip accumulator and the HBM arrays as they stand.
+
+HBM traffic closed form (elements, per head; ``Tx = ceil(n_outer / R)`` of pass x)::
+
+    forward:   Q  r  Nq d                       S  w  Nq Nk
+               K  r  T_F1 Nk d                  S  r  Nq Nk * (1 if rows fit in F2 else 2)
+               mask r Nq Nk (only with a mask)  P  w  Nq Nk,   L  w  Nq
+               P  r  Nq Nk                      V  r  T_F3 Nk dv,   O  w  Nq dv
+    backward:  P  r  2 Nq Nk (B1, B3)           dO r  T_B1 Nq dv + Nq dv (B1, B2)
+               dV w  Nk dv                      O  r  Nq dv,   D  w Nq,   D  r Nq
+               V  r  T_B2 Nk dv                 dP w  Nq Nk,   dP r  Nq Nk
+               dS w  Nq Nk,   dS r  2 Nq Nk     K  r  T_B4 Nk d,   dQ w  Nq d
+               Q  r  T_B5 Nq d,   dK w  Nk d
+
+With M large enough that every T is 1 and rows fit (N = Nq = Nk, d = dv),
+this is 4N^2 + 4Nd + N for the forward (the paper's 4Nd + 4N^2, plus the
+lse L the API returns) and 7N^2 + 9Nd + 2N for the backward (the derived
+8Nd + 7N^2, plus O read and D written/read for D = rowsum(dO * O)).
+
+FLOPs counted (2 per multiply-add): forward 2 Nq Nk (d + dv), backward
+4 Nq Nk (d + dv). Exponentials: Nq Nk per softmax sweep that computes exp.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from refattn import memory
+from refattn.kernels.common import KernelResult, finish, prepare, run_with_trace
+
+__all__ = ["standard_forward", "standard_backward", "plan_forward", "plan_backward",
+           "matmul_blocks", "row_blocks", "SLOT_NAMES", "FORWARD_PASSES", "BACKWARD_PASSES"]
+
+SLOT_ROWS, SLOT_COLS, SLOT_TILE, SLOT_ACC, SLOT_STATS, SLOT_TILE2, SLOT_MASK, SLOT_ROWS2 = range(8)
+SLOT_NAMES = ("outer rows", "inner rows", "tile", "accumulator", "row stats", "second tile",
+              "mask tile", "second outer rows")
+FORWARD_PASSES = ("F1 S=QK^T", "F2 softmax", "F3 O=PV")
+BACKWARD_PASSES = ("B1 dV=P^T dO", "B2 dP=dO V^T", "B3 dS", "B4 dQ=dS K", "B5 dK=dS^T Q")
+
+
+# ---------------------------------------------------------------------------
+# Plans (Python): block sizes from M, refused before any work if they do not fit
+# ---------------------------------------------------------------------------
+def matmul_blocks(n_outer, n_inner, a, b, t, M, what):
+    """(R, C) of a matrix-product pass (see the module docstring), or SramTooSmall."""
+    c = min(n_inner, max(1, M // (4 * b)))
+    r = min(n_outer, (M - c * b) // (a + t * c))
+    if r < 1:
+        c = 1
+        r = min(n_outer, (M - b) // (a + t))
+    need = max(r, 1) * a + c * b + t * max(r, 1) * c
+    memory.require_fits(need, memory.Sram(M), what)
+    return int(r), int(c)
+
+
+def row_blocks(n_rows, n_cols, k, s, M, what):
+    """(R, C) of a row pass: whole rows if they fit, else one row in chunks of C."""
+    if M >= k * n_cols + s:
+        return int(min(n_rows, M // (k * n_cols + s))), int(n_cols)
+    c = (M - s) // k
+    memory.require_fits(max(c, 1) * k + s, memory.Sram(M), what)
+    return 1, int(c)
+
+
+def plan_forward(nq, nk, d, dv, M, has_mask=False):
+    """{pass: (R, C)} of the forward for SRAM capacity M (elements)."""
+    where = f"standard_forward (Nq={nq}, Nk={nk}, d={d}, dv={dv})"
+    return {
+        "F1": matmul_blocks(nq, nk, d, d, 2 if has_mask else 1, M, f"{where} pass F1 (S = QK^T, smallest tile)"),
+        "F2": row_blocks(nq, nk, 1, 2, M, f"{where} pass F2 (softmax, one element and m, l)"),
+        "F3": matmul_blocks(nq, nk, dv, dv, 1, M, f"{where} pass F3 (O = PV, smallest tile)"),
+    }
+
+
+def plan_backward(nq, nk, d, dv, M):
+    """{pass: (R, C)} of the backward for SRAM capacity M (elements)."""
+    where = f"standard_backward (Nq={nq}, Nk={nk}, d={d}, dv={dv})"
+    return {
+        "B1": matmul_blocks(nk, nq, dv, dv, 1, M, f"{where} pass B1 (dV = P^T dO, smallest tile)"),
+        "B2": matmul_blocks(nq, nk, 2 * dv + 1, dv, 1, M, f"{where} pass B2 (dP = dO V^T, smallest tile)"),
+        "B3": row_blocks(nq, nk, 2, 1, M, f"{where} pass B3 (dS, one element of P and dP and D)"),
+        "B4": matmul_blocks(nq, nk, d, d, 1, M, f"{where} pass B4 (dQ = dS K, smallest tile)"),
+        "B5": matmul_blocks(nk, nq, d, d, 1, M, f"{where} pass B5 (dK = dS^T Q, smallest tile)"),
+    }
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------------------
+# Jitted passes. Each returns True if the run stopped (stop_after) inside it;
+# info = [pass, head, r0, r1, c0, c1] of the last step then.
+# ---------------------------------------------------------------------------
+@numba.njit(cache=True, inline="always")
+def _stop(mem, info, pas, h, r0, r1, c0, c1):
+    if memory.end_step(mem):
+        info[0] = pas
+        info[1] = h
+        info[2] = r0
+        info[3] = r1
+        info[4] = c0
+        info[5] = c1
+        return True
+    return False
+
+
+@numba.njit(cache=True, inline="always")
+def _free_all(mem):
+    for slot in range(8):
+        if mem.slots[slot] != 0:
+            memory.free(mem, slot)
+
+
+@numba.njit(cache=True)
+def _pass_scores(mem, h, q, k, mask, has_mask, scale, causal_on, offset, R, C, s_hbm, info):
+    """F1: S[h] = scale * Q K^T with the causal/boolean mask as -inf; one step per R x C tile."""
+    nq, d, nk = q.shape[1], q.shape[2], k.shape[1]
+    for r0 in range(0, nq, R):
+        r1 = min(r0 + R, nq)
+        memory.load(mem, memory.T_Q, SLOT_ROWS, r0, r1, 0, d)  # Q block (rows, d)
+        qt = q[h, r0:r1]
+        for c0 in range(0, nk, C):
+            c1 = min(c0 + C, nk)
+            memory.load(mem, memory.T_K, SLOT_COLS, c0, c1, 0, d)  # K block (w, d)
+            st = np.dot(qt, k[h, c0:c1].T) * scale  # (rows, w)
+            memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * d, 0)
+            memory.hold(mem, memory.T_S, SLOT_TILE, r0, r1, c0, c1)
+            if has_mask:
+                memory.load(mem, memory.T_MASK, SLOT_MASK, r0, r1, c0, c1)
+            for i in range(r1 - r0):
+                lim = r0 + i + offset
+                for j in range(c1 - c0):
+                    if (causal_on and c0 + j > lim) or (has_mask and not mask[h, r0 + i, c0 + j]):
+                        st[i, j] = -np.inf
+            s_hbm[h, r0:r1, c0:c1] = st
+            memory.store(mem, memory.T_S, SLOT_TILE, r0, r1, c0, c1)
+            if _stop(mem, info, 1, h, r0, r1, c0, c1):
+                return True
+    _free_all(mem)
+    return False
+
+
+@numba.njit(cache=True)
+def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
+    """F2: P[h] = softmax(S[h]) row-wise, lse = m + log l; whole rows, or two sweeps per row."""
+    nq, nk = s_hbm.shape[1], s_hbm.shape[2]
+    ninf = -np.inf
+    if C == nk:  # whole rows fit: one read and one write of S / P per element
+        for r0 in range(0, nq, R):
+            r1 = min(r0 + R, nq)
+            memory.load(mem, memory.T_S, SLOT_TILE, r0, r1, 0, nk)  # S rows (rows, Nk)
+            memory.hold(mem, memory.T_L, SLOT_STATS, r0, r1, 0, 2)  # m, l per row
+            for i in range(r0, r1):
+                row = s_hbm[h, i]
+                m = row.max()
+                if m == ninf:  # fully masked row
+                    p_hbm[h, i] = 0.0
+                    lse[h, i] = ninf
+                    continue
+                e = np.exp(row - m)
+                tot = e.sum()
+                p_hbm[h, i] = e / tot
+                lse[h, i] = m + np.log(tot)
+            memory.count_flops(mem, 0, (r1 - r0) * nk)
+            memory.hold(mem, memory.T_P, SLOT_TILE, r0, r1, 0, nk)  # P replaces S on chip
+            memory.store(mem, memory.T_P, SLOT_TILE, r0, r1, 0, nk)
+            memory.store(mem, memory.T_L, SLOT_STATS, r0, r1, 0, 1)
+            if _stop(mem, info, 2, h, r0, r1, 0, nk):
+                return True
+    else:  # one row at a time in chunks of C: sweep 1 (online m, l), sweep 2 (P = exp(S - L))
+        for i in range(nq):
+            memory.hold(mem, memory.T_L, SLOT_STATS, i, i + 1, 0, 2)
+            m = ninf
+            tot = 0.0
+            for c0 in range(0, nk, C):
+                c1 = min(c0 + C, nk)
+                memory.load(mem, memory.T_S, SLOT_TILE, i, i + 1, c0, c1)
+                chunk = s_hbm[h, i, c0:c1]
+                m_new = max(m, chunk.max())
+                if m_new != ninf:
+                    alpha = 0.0 if m == ninf else np.exp(m - m_new)
+                    tot = alpha * tot + np.exp(chunk - m_new).sum()
+                    m = m_new
+                memory.count_flops(mem, 0, c1 - c0)
+                if c1 == nk:
+                    lse[h, i] = ninf if tot == 0.0 else m + np.log(tot)
+                    memory.store(mem, memory.T_L, SLOT_STATS, i, i + 1, 0, 1)
+                if _stop(mem, info, 2, h, i, i + 1, c0, c1):
+                    return True
+            L = lse[h, i]
+            for c0 in range(0, nk, C):
+                c1 = min(c0 + C, nk)
+                memory.load(mem, memory.T_S, SLOT_TILE, i, i + 1, c0, c1)
+                if L == ninf:
+                    p_hbm[h, i, c0:c1] = 0.0
+                else:
+                    p_hbm[h, i, c0:c1] = np.exp(s_hbm[h, i, c0:c1] - L)
+                memory.count_flops(mem, 0, c1 - c0)
+                memory.hold(mem, memory.T_P, SLOT_TILE, i, i + 1, c0, c1)
+                memory.store(mem, memory.T_P, SLOT_TILE, i, i + 1, c0, c1)
+                if _stop(mem, info, 2, h, i, i + 1, c0, c1):
+                    return True
+    _free_all(mem)
+    return False
+
+
+@numba.njit(cache=True)
+def _pass_rows_times_inner(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t, out, factor,
+                           R, C, acc, info):
+    """out[h] = factor * tile[h] @ inner[h]: R outer rows accumulate over C-wide tiles.
+
+    F3 (O = P V) and B4 (dQ = scale dS K). One step per R x C tile; the
+    accumulator is stored after the last tile of its row block.
+    """
+    nq, nk, w_out = tile_hbm.shape[1], tile_hbm.shape[2], inner.shape[2]
+    for r0 in range(0, nq, R):
+        r1 = min(r0 + R, nq)
+        acc[:] = 0.0
+        memory.hold(mem, out_t, SLOT_ACC, r0, r1, 0, w_out)  # accumulator (rows, w_out)
+        for c0 in range(0, nk, C):
+            c1 = min(c0 + C, nk)
+            memory.load(mem, tile_t, SLOT_TILE, r0, r1, c0, c1)  # tile (rows, w)
+            memory.load(mem, inner_t, SLOT_COLS, c0, c1, 0, w_out)  # inner block (w, w_out)
+            t = np.ascontiguousarray(tile_hbm[h, r0:r1, c0:c1])
+            acc[:r1 - r0, :w_out] += np.dot(t, inner[h, c0:c1])
+            memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * w_out, 0)
+            if c1 == nk:
+                out[h, r0:r1] = acc[:r1 - r0, :w_out] * factor
+                memory.store(mem, out_t, SLOT_ACC, r0, r1, 0, w_out)
+            if _stop(mem, info, pas, h, r0, r1, c0, c1):
+                return True
+    _free_all(mem)
+    return False
+
+
+@numba.njit(cache=True)
+def _pass_cols_times_inner(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t, out, factor,
+                           R, C, acc, info):
+    """out[h] = factor * tile[h]^T @ inner[h]: R key rows accumulate over C-wide query tiles.
+
+    B1 (dV = P^T dO) and B5 (dK = scale dS^T Q). One step per C x R tile.
+    """
+    nq, nk, w_out = tile_hbm.shape[1], tile_hbm.shape[2], inner.shape[2]
+    for c0 in range(0, nk, R):
+        c1 = min(c0 + R, nk)
+        acc[:] = 0.0
+        memory.hold(mem, out_t, SLOT_ACC, c0, c1, 0, w_out)  # accumulator (keys, w_out)
+        for r0 in range(0, nq, C):
+            r1 = min(r0 + C, nq)
+            memory.load(mem, tile_t, SLOT_TILE, r0, r1, c0, c1)  # tile (queries, keys)
+            memory.load(mem, inner_t, SLOT_COLS, r0, r1, 0, w_out)  # inner block (queries, w_out)
+            t = np.ascontiguousarray(tile_hbm[h, r0:r1, c0:c1])
+            acc[:c1 - c0, :w_out] += np.dot(t.T, inner[h, r0:r1])
+            memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * w_out, 0)
+            if r1 == nq:
+                out[h, c0:c1] = acc[:c1 - c0, :w_out] * factor
+                memory.store(mem, out_t, SLOT_ACC, c0, c1, 0, w_out)
+            if _stop(mem, info, pas, h, r0, r1, c0, c1):
+                return True
+    _free_all(mem)
+    return False
+
+
+@numba.njit(cache=True)
+def _pass_dp(mem, h, do, o, v, R, C, dp_hbm, d_hbm, info):
+    """B2: D = rowsum(dO * O) (stored with the first tile of the row block); dP = dO V^T."""
+    nq, dv, nk = do.shape[1], do.shape[2], v.shape[1]
+    for r0 in range(0, nq, R):
+        r1 = min(r0 + R, nq)
+        memory.load(mem, memory.T_DO, SLOT_ROWS, r0, r1, 0, dv)  # dO block (rows, dv)
+        memory.load(mem, memory.T_O, SLOT_ROWS2, r0, r1, 0, dv)  # O block (rows, dv)
+        for i in range(r0, r1):
+            d_hbm[h, i] = np.sum(do[h, i] * o[h, i])
+        memory.hold(mem, memory.T_D, SLOT_STATS, r0, r1, 0, 1)
+        memory.store(mem, memory.T_D, SLOT_STATS, r0, r1, 0, 1)
+        dot_ = do[h, r0:r1]
+        for c0 in range(0, nk, C):
+            c1 = min(c0 + C, nk)
+            memory.load(mem, memory.T_V, SLOT_COLS, c0, c1, 0, dv)
+            dp_hbm[h, r0:r1, c0:c1] = np.dot(dot_, v[h, c0:c1].T)
+            memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * dv, 0)
+            memory.hold(mem, memory.T_DP, SLOT_TILE, r0, r1, c0, c1)
+            memory.store(mem, memory.T_DP, SLOT_TILE, r0, r1, c0, c1)
+            if _stop(mem, info, 2, h, r0, r1, c0, c1):
+                return True
+    _free_all(mem)
+    return False
+
+
+@numba.njit(cache=True)
+def _pass_ds(mem, h, R, C, p_hbm, dp_hbm, d_hbm, ds_hbm, info):
+    """B3: dS = P * (dP - D), elementwise by R x C tiles (whole rows when they fit)."""
+    nq, nk = p_hbm.shape[1], p_hbm.shape[2]
+    for r0 in range(0, nq, R):
+        r1 = min(r0 + R, nq)
+        memory.load(mem, memory.T_D, SLOT_STATS, r0, r1, 0, 1)
+        for c0 in range(0, nk, C):
+            c1 = min(c0 + C, nk)
+            memory.load(mem, memory.T_P, SLOT_TILE, r0, r1, c0, c1)
+            memory.load(mem, memory.T_DP, SLOT_TILE2, r0, r1, c0, c1)
+            for i in range(r0, r1):
+                di = d_hbm[h, i]
+                for j in range(c0, c1):
+                    ds_hbm[h, i, j] = p_hbm[h, i, j] * (dp_hbm[h, i, j] - di)
+            memory.hold(mem, memory.T_DS, SLOT_TILE2, r0, r1, c0, c1)  # dS replaces dP
+            memory.store(mem, memory.T_DS, SLOT_TILE2, r0, r1, c0, c1)
+            if _stop(mem, info, 3, h, r0, r1, c0, c1):
+                return True
+    _free_all(mem)
+    return False
+
+
+@numba.njit(cache=True)
+def _forward(mem, q, k, v, mask, has_mask, scale, causal_on, offset, plan, s_hbm, p_hbm, o, lse, acc,
+             info, upto):
+    """Passes F1..F`upto` for every head (upto = 2 rebuilds P for the backward)."""
+    for h in range(q.shape[0]):
+        memory.set_head(mem, h)
+        if _pass_scores(mem, h, q, k, mask, has_mask, scale, causal_on, offset, plan[0], plan[1], s_hbm, info):
+            return True
+        if _pass_softmax(mem, h, plan[2], plan[3], s_hbm, p_hbm, lse, info):
+            return True
+        if upto >= 3 and _pass_rows_times_inner(mem, h, 3, memory.T_P, p_hbm, memory.T_V, v, memory.T_O, o,
+                                                1.0, plan[4], plan[5], acc, info):
+            return True
+    return False
+
+
+@numba.njit(cache=True)
+def _backward(mem, q, k, v, o, do, scale, plan, p_hbm, dp_hbm, ds_hbm, d_hbm, dq, dk, dv, acc, info):
+    for h in range(q.shape[0]):
+        memory.set_head(mem, h)
+        if _pass_cols_times_inner(mem, h, 1, memory.T_P, p_hbm, memory.T_DO, do, memory.T_DV, dv, 1.0,
+                                  plan[0], plan[1], acc, info):
+            return True
+        if _pass_dp(mem, h, do, o, v, plan[2], plan[3], dp_hbm, d_hbm, info):
+            return True
+        if _pass_ds(mem, h, plan[4], plan[5], p_hbm, dp_hbm, d_hbm, ds_hbm, info):
+            return True
+        if _pass_rows_times_inner(mem, h, 4, memory.T_DS, ds_hbm, memory.T_K, k, memory.T_DQ, dq, scale,
+                                  plan[6], plan[7], acc, info):
+            return True
+        if _pass_cols_times_inner(mem, h, 5, memory.T_DS, ds_hbm, memory.T_Q, q, memory.T_DK, dk, scale,
+                                  plan[8], plan[9], acc, info):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Public wrappers
+# ---------------------------------------------------------------------------
+def _steps_matmul(n_outer, n_inner, rc):
+    return _cdiv(n_outer, rc[0]) * _cdiv(n_inner, rc[1])
+
+
+def _steps_softmax(nq, nk, rc):
+    return _cdiv(nq, rc[0]) if rc[1] == nk else nq * 2 * _cdiv(nk, rc[1])
+
+
+def _run_p(p, plan, sram, stop_after=None, trace=False, upto=3):
+    """Run the forward passes on prepared inputs; returns (mem, arrays, info, stopped)."""
+    dt = p.q.dtype
+    s_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
+    p_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
+    o = np.zeros((p.batch, p.nq, p.dv), dt)
+    lse = np.full((p.batch, p.nq), -np.inf, dt)
+    acc = np.zeros((plan["F3"][0], p.dv), dt)
+    info = np.zeros(6, np.int64)
+    packed = np.array(plan["F1"] + plan["F2"] + plan["F3"], np.int64)
+    scale_t = dt.type(p.scale)
+    causal_on = p.causal is not None
+    offset = (p.nk - p.nq) if p.causal == "bottom_right" else 0
+    stopped = [False]
+
+    def call(mem):
+        stopped[0] = _forward(mem, p.q, p.k, p.v, p.mask, p.has_mask, scale_t, causal_on, offset, packed,
+                              s_hbm, p_hbm, o, lse, acc, info, upto)
+
+    steps = p.batch * (_steps_matmul(p.nq, p.nk, plan["F1"]) + _steps_softmax(p.nq, p.nk, plan["F2"])
+                       + _steps_matmul(p.nq, p.nk, plan["F3"]))
+    mem = run_with_trace(call, sram, trace=trace, trace_estimate=6 * steps + 16, stop_after=stop_after)
+    return mem, (s_hbm, p_hbm, o, lse, acc), info, stopped[0]
+
+
+def standard_forward(q, k, v, *, sram, causal=False, scale=None, mask=None, trace=False,
+                     stop_after=None) -> KernelResult:
+    """Standard (three-pass) attention on the simulated hierarchy.
+
+    Returns a :class:`~refattn.kernels.common.KernelResult` with ``o``
+    (..., Nq, dv) and ``lse`` (..., Nq) in the input dtype (float32 or
+    float64); S and P stay in simulated HBM (``state["hbm"]`` shows them when
+    stopped early). ``causal``: False, True (bottom-right) or "top_left";
+    ``mask``: boolean, True = keep; ``sram``: Sram, int M or a chip name.
+    ``plan`` holds (R, C) of each pass. See the module docstring for the
+    tiling, steps and the traffic closed form.
+    """
+    p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where="standard_forward")
+    sram = memory.as_sram(sram)
+    plan = plan_forward(p.nq, p.nk, p.d, p.dv, sram.capacity, p.has_mask)
+    mem, (s_hbm, p_hbm, o, lse, acc), info, stopped = _run_p(p, plan, sram, stop_after, trace)
+    state = None
+    if stopped:
+        state = _state(FORWARD_PASSES, info, acc, mem, {"S": s_hbm, "P": p_hbm, "O": o, "L": lse})
+    out_plan = dict(plan, softmax="whole rows" if plan["F2"][1] == p.nk else "two sweeps per row")
+    return finish(mem, sram, {"o": p.restore(o), "lse": p.restore(lse)}, plan=out_plan,
+                  slot_names=SLOT_NAMES, state=state)
+
+
+def standard_backward(q, k, v, o, do, *, sram, causal=False, scale=None, mask=None, trace=False,
+                      stop_after=None) -> KernelResult:
+    """Gradients (dq, dk, dv) of standard attention, passes B1-B5 on the simulated hierarchy.
+
+    ``o`` is the forward output and ``do`` the upstream gradient, both shaped
+    (..., Nq, dv) like the output. P is the one the forward with the same M
+    stores (rebuilt off the counters; see the module docstring). The plan
+    must fit M for both the forward (which produced P) and the backward.
+    """
+    p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where="standard_backward")
+    o_f, do_f = [], []
+    for name, x in (("o", o), ("do", do)):
+        x = np.asarray(x)
+        want = p.lead + (p.nq, p.dv)
+        if x.shape != want:
+            raise ValueError(f"standard_backward: {name} has shape {x.shape}, expected {want} (the shape of o)")
+        if x.dtype != p.q.dtype:
+            raise TypeError(f"standard_backward: {name} has dtype {x.dtype}, expected {p.q.dtype} like q")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"standard_backward: {name} contains NaN or Inf")
+        (o_f if name == "o" else do_f).append(np.ascontiguousarray(x.reshape(p.batch, p.nq, p.dv)))
+    sram = memory.as_sram(sram)
+    fplan = plan_forward(p.nq, p.nk, p.d, p.dv, sram.capacity, p.has_mask)
+    plan = plan_backward(p.nq, p.nk, p.d, p.dv, sram.capacity)
+    # P as the forward stored it: passes F1-F2 of the same code on scratch counters (not counted).
+    _, (_, p_hbm, _, _, _), _, _ = _run_p(p, fplan, sram, upto=2)
+
+    dt = p.q.dtype
+    dp_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
+    ds_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
+    d_hbm = np.zeros((p.batch, p.nq), dt)
+    dq = np.zeros((p.batch, p.nq, p.d), dt)
+    dk = np.zeros((p.batch, p.nk, p.d), dt)
+    dv = np.zeros((p.batch, p.nk, p.dv), dt)
+    acc = np.zeros((max(r for r, _ in plan.values()), max(p.d, p.dv)), dt)
+    info = np.zeros(6, np.int64)
+    packed = np.array(sum((plan[x] for x in ("B1", "B2", "B3", "B4", "B5")), ()), np.int64)
+    scale_t = dt.type(p.scale)
+    stopped = [False]
+
+    def call(mem):
+        stopped[0] = _backward(mem, p.q, p.k, p.v, o_f[0], do_f[0], scale_t, packed, p_hbm, dp_hbm, ds_hbm,
+                               d_hbm, dq, dk, dv, acc, info)
+
+    steps = p.batch * (_steps_matmul(p.nk, p.nq, plan["B1"]) + _steps_matmul(p.nq, p.nk, plan["B2"])
+                       + _steps_matmul(p.nq, p.nk, plan["B3"]) + _steps_matmul(p.nq, p.nk, plan["B4"])
+                       + _steps_matmul(p.nk, p.nq, plan["B5"]))
+    mem = run_with_trace(call, sram, trace=trace, trace_estimate=6 * steps + 16, stop_after=stop_after)
+    state = None
+    if stopped:
+        state = _state(BACKWARD_PASSES, info, acc, mem,
+                       {"P": p_hbm, "dP": dp_hbm, "D": d_hbm, "dS": ds_hbm, "dQ": dq, "dK": dk, "dV": dv})
+    return finish(mem, sram, {"dq": p.restore(dq), "dk": p.restore(dk), "dv": p.restore(dv)},
+                  plan=plan, slot_names=SLOT_NAMES, state=state)
+
+
+def _state(names, info, acc, mem, hbm):
+    pas, h, r0, r1, c0, c1 = (int(x) for x in info)
+    return {
+        "step": int(mem.cursor[1]) - 1,
+        "pass": names[pas - 1],
+        "head": h,
+        "rows": (r0, r1),
+        "cols": (c0, c1),
+        "accumulator": acc.copy(),
+        "sram": {name: int(mem.slots[i]) for i, name in enumerate(SLOT_NAMES)},
+        "hbm": {k: v.copy() for k, v in hbm.items()},
+    }
