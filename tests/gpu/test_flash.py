@@ -1,0 +1,90 @@
+"""Dense Triton FlashAttention (forward, backward, autograd) against the float64 reference."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refattn.reference import attention, attention_backward
+from tests.gpu.helpers import DEVICE, DTYPES, RTOL, check_lse, np64, randn, rel_err, skip_without_device, torch
+
+CAUSAL = [False, True, "top_left"]
+
+
+def _run(lead, nq, nk, d, dv, causal, dtype, seed, scale=None, spread=1.0, grad_tol=None):
+    skip_without_device()
+    from gpu_optional import flash_attention
+
+    gen = torch.Generator().manual_seed(seed)
+    q = randn(lead + (nq, d), dtype, gen, spread).requires_grad_()
+    k = randn(lead + (nk, d), dtype, gen, spread).requires_grad_()
+    v = randn(lead + (nk, dv), dtype, gen).requires_grad_()
+    o, lse = flash_attention(q, k, v, causal=causal, scale=scale)
+    assert o.shape == lead + (nq, dv) and o.dtype == dtype and lse.shape == lead + (nq,)
+    do = randn(o.shape, dtype, gen)
+    o.backward(do)
+    q64, k64, v64, do64 = np64(q), np64(k), np64(v), np64(do)
+    ro, rlse = attention(q64, k64, v64, causal=causal, scale=scale)
+    rdq, rdk, rdv = attention_backward(q64, k64, v64, do64, causal=causal, scale=scale)
+    tol = RTOL[dtype]
+    assert not torch.isnan(o).any()
+    assert rel_err(o, ro) <= tol
+    check_lse(lse, rlse, atol=50 * tol)
+    # a gradient can be ~0 exactly (Nk = 1: dq = 0); measure it against the size of dV as well
+    floor = np.linalg.norm(rdv)
+    for name, g, r in (("dq", q.grad, rdq), ("dk", k.grad, rdk), ("dv", v.grad, rdv)):
+        assert not torch.isnan(g).any(), name
+        err = np.linalg.norm(np64(g) - r) / max(np.linalg.norm(r), floor, 1e-300)
+        assert err <= (grad_tol or 4 * tol), (name, err)
+
+
+@settings(max_examples=6)
+@given(nq=st.integers(1, 80), nk=st.integers(1, 80), d=st.integers(1, 40), dv_same=st.booleans(),
+       causal=st.sampled_from(CAUSAL), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31 - 1))
+def test_flash_forward_backward_random(nq, nk, d, dv_same, causal, dtype, seed):
+    dv = d if dv_same else (d % 23) + 9
+    _run((2,), nq, nk, d, dv, causal, dtype, seed)
+
+
+@pytest.mark.parametrize("causal", [True, "top_left"])
+def test_flash_fully_masked_rows(causal):
+    # bottom-right with Nq > Nk leaves the first Nq - Nk rows with no visible key: o = 0, lse = -inf
+    _run((1, 2), 70, 23, 16, 16, causal, torch.float32, seed=1)
+
+
+def test_flash_large_logits_and_head_dim_200():
+    # logits of size ~1e3: float32 rounding of S (~6e-5 absolute) bounds the gradients' accuracy at ~1e-4
+    _run((1,), 33, 47, 200, 72, True, torch.float32, seed=2, spread=30.0, grad_tol=2e-3)
+
+
+def test_flash_single_row_and_key():
+    _run((1,), 1, 1, 16, 16, False, torch.float16, seed=3)
+
+
+def test_flash_bad_input_is_refused():
+    skip_without_device()
+    from gpu_optional import flash_attention
+
+    q = torch.randn(2, 8, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="share the head dim"):
+        flash_attention(q, torch.randn(2, 8, 12, device=DEVICE), q)
+    with pytest.raises(TypeError, match="dtype"):
+        flash_attention(q.double(), q.double(), q.double())
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        flash_attention(q, q, q * float("nan"))
+    with pytest.raises(ValueError, match="leading"):
+        flash_attention(q, q[:1], q[:1])
+    with pytest.raises(ValueError, match="causal"):
+        flash_attention(q, q, q, causal="diagonal")
+    with pytest.raises(ValueError, match="up to 256"):
+        big = torch.randn(1, 4, 300, device=DEVICE)
+        flash_attention(big, big, big)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_bf16_on_gpu_at_size(causal):
+    """The configs the benchmark times, at a real size (GPU only: bf16 and autotuning)."""
+    if not torch.cuda.is_available() or DEVICE != "cuda":
+        pytest.skip("needs a CUDA GPU and TRITON_INTERPRET=0")
+    _run((1, 2), 1000, 1000, 128, 128, causal, torch.bfloat16, seed=4)

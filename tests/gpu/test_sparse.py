@@ -1,0 +1,102 @@
+"""Sparse Triton forward on refattn index sets, and GPU vertical-slash index building."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refattn.index_set import IndexSet
+from refattn.reference import attention
+from tests.gpu.helpers import DEVICE, DTYPES, RTOL, check_lse, np64, randn, rel_err, skip_without_device, torch
+
+
+def _random_set(rng, nq, nk, block, empty_row):
+    nqb, nkb = -(-nq // block), -(-nk // block)
+    blocks = [rng.choice(nkb, size=rng.integers(0, min(nkb, 3) + 1), replace=False) for _ in range(nqb)]
+    cols = [rng.choice(nk, size=rng.integers(0, min(nk, 70) + 1), replace=False) for _ in range(nqb)]
+    if empty_row is not None:
+        blocks[empty_row % nqb], cols[empty_row % nqb] = [], []
+    return IndexSet.from_lists(nq, nk, blocks, cols, block=block)
+
+
+@settings(max_examples=5)
+@given(nq=st.integers(1, 80), nk=st.integers(1, 80), d=st.integers(1, 40), block=st.sampled_from([16, 32]),
+       causal=st.sampled_from([True, False, "top_left"]), dtype=st.sampled_from(DTYPES),
+       shared=st.booleans(), empty_row=st.none() | st.integers(0, 5), seed=st.integers(0, 2**31 - 1))
+def test_sparse_matches_masked_reference(nq, nk, d, block, causal, dtype, shared, empty_row, seed):
+    skip_without_device()
+    from gpu_optional import sparse_attention
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    z = 2
+    sets = [_random_set(rng, nq, nk, block, empty_row) for _ in range(1 if shared else z)]
+    q, k, v = randn((z, nq, d), dtype, gen), randn((z, nk, d), dtype, gen), randn((z, nk, d + 3), dtype, gen)
+    o, lse = sparse_attention(q, k, v, sets[0] if shared else sets, causal=causal)
+    assert not torch.isnan(o).any()
+    for h in range(z):
+        s = sets[0 if shared else h]
+        ro, rlse = attention(np64(q[h]), np64(k[h]), np64(v[h]), mask=s.to_mask(causal=causal))
+        if np.linalg.norm(ro) > 0:
+            assert rel_err(o[h], ro) <= RTOL[dtype]
+        else:
+            assert np.abs(np64(o[h])).max() == 0
+        check_lse(lse[h], rlse, atol=50 * RTOL[dtype])
+
+
+def test_sparse_dense_set_equals_flash():
+    """IndexSet.dense is the dense kernel as an index set: same output as the flash kernel."""
+    skip_without_device()
+    from gpu_optional import flash_attention, sparse_attention
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (randn((1, 2, 50, 24), torch.float32, gen) for _ in range(3))
+    o1, l1 = sparse_attention(q, k, v, IndexSet.dense(50, 50, block=16), causal=True)
+    o2, l2 = flash_attention(q, k, v, causal=True)
+    assert rel_err(o1, np64(o2)) <= 1e-6 and rel_err(l1, np64(l2)) <= 1e-6
+
+
+def test_sparse_bad_input_is_refused():
+    skip_without_device()
+    from gpu_optional import sparse_attention
+
+    q = torch.randn(2, 40, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="built for"):
+        sparse_attention(q, q, q, IndexSet.dense(30, 40, block=16))
+    with pytest.raises(ValueError, match="block must be"):
+        sparse_attention(q, q, q, IndexSet.dense(40, 40, block=8))
+    with pytest.raises(ValueError, match="index sets for"):
+        sparse_attention(q, q, q, [IndexSet.dense(40, 40, block=16)] * 3)
+
+
+@pytest.mark.parametrize("nq,nk,block,vs,ss", [(200, 200, 32, 40, 60), (150, 231, 16, 10, 10), (231, 150, 64, 35, 55)])
+def test_vertical_slash_index_matches_refattn_patterns(nq, nk, block, vs, ss):
+    """The device builder gives exactly refattn.patterns.vertical_slash's IndexSet, per head."""
+    skip_without_device()
+    from gpu_optional import vertical_slash_index
+    from refattn.patterns.vertical_slash import vertical_slash
+
+    gen = torch.Generator().manual_seed(nq * nk)
+    q, k = randn((3, nq, 32), torch.float32, gen), randn((3, nk, 32), torch.float32, gen)
+    r = vertical_slash_index(q, k, vs, ss, block=block)
+    for h, got in enumerate(r.index_set.to_host()):
+        ref = vertical_slash(np64(q[h]), np64(k[h]).astype(np.float32), vs, ss, block=block)
+        assert np.array_equal(np64(r.columns[h]).astype(np.int64), ref.columns)
+        assert np.array_equal(np64(r.offsets[h]).astype(np.int64), ref.offsets)
+        for f in ("block_offsets", "block_indices", "column_offsets", "column_indices"):
+            assert np.array_equal(getattr(got, f), getattr(ref.index_set, f)), f
+
+
+def test_minference_step_on_device():
+    """Index building + sparse kernel, all on the device, against the masked float64 reference."""
+    skip_without_device()
+    from gpu_optional import sparse_attention, vertical_slash_index
+
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (randn((2, 130, 24), torch.float16, gen) for _ in range(3))
+    r = vertical_slash_index(q, k, 30, 50, block=32)
+    o, lse = sparse_attention(q, k, v, r.index_set, causal=True)
+    for h, s in enumerate(r.index_set.to_host()):
+        ro, rlse = attention(np64(q[h]), np64(k[h]), np64(v[h]), mask=s.to_mask(causal=True))
+        assert rel_err(o[h], ro) <= RTOL[torch.float16]
+        check_lse(lse[h], rlse, atol=0.25)
