@@ -30,6 +30,11 @@ FlashAttention-2 Algorithm 1 with the inner loop restricted to the set)::
     O = acc / l (0 where l == 0);  lse = m + log l (-inf where l == 0)
     store O[r0:r1], lse[r0:r1]                                                     O: rows*dv, L: rows
 
+Trace: loads name the key rows they read (one event per gathered column);
+the compute event of a key block names query rows x key columns, that of a
+gathered tile names query rows x the positions ``[t, t+g)`` in
+``column_indices`` it used.
+
 A *step* is one key block or one gathered column tile (hidden ones too, so
 step numbers follow the index set). ``stop_after=k`` stops after step k and
 returns the state (``step``, ``rows``, ``cols`` for a key block or
@@ -210,7 +215,9 @@ def _query_block(mem, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, o
             g += 1
         if g > 0:
             s = _scores(mem, qt, kt, s_flat, rows, g, r0, cols, scale, causal_on, offset)
-            memory.hold(mem, memory.T_S, SLOT_S, r0, r1, cols[0], cols[g - 1] + 1)
+            # a gathered tile's S event names entries [t, t+g) of column_indices (not key columns):
+            # visible columns come first in the sorted list, so they are exactly ci[t:t+g]
+            memory.hold(mem, memory.T_S, SLOT_S, r0, r1, t, t + g)
             _update(s, g, rows, vt, m_i, l_i, acc, mem)
             memory.count_flops(mem, 2 * rows * g * dv, 0)
         else:
