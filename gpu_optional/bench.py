@@ -1,0 +1,298 @@
+"""``python -m gpu_optional.bench [--quick] [--csv FILE]``: the Triton kernels on a real GPU.
+
+1. **Correctness first**: every kernel (and the torch baselines) against
+   refattn's float64 reference on the same random inputs, ``||out - ref|| / ||ref||``.
+   At large N the reference is computed for the last R query rows of one head
+   (bottom-right causal makes those rows exactly the full problem's rows).
+2. **Dense**: median time (CUDA events, ``triton.testing.do_bench``, warm-up
+   excluded) of the Triton forward and backward beside torch SDPA's flash and
+   cuDNN backends; TFLOP/s with 4*B*H*N^2*d (halved if causal, x2.5 backward).
+   Batch*N = 16k tokens, H*d = 2048 (FlashAttention-2's setting), bf16.
+3. **Sparse** (MInference vertical-slash, bf16, d = 128): index building on
+   the GPU + the sparse Triton kernel, against the dense Triton kernel and
+   FlexAttention with a BlockMask from the same index set (FlexAttention cannot
+   gather single columns, so its mask lists the blocks that hold them: a superset).
+   Inputs are random, so the chosen diagonals scatter; ``density`` is the
+   fraction of causally visible entries the kernel computes (whole tiles and strips).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import triton
+
+from refattn.bench.table import Table
+from refattn.reference import attention, attention_backward
+
+DT = torch.bfloat16
+DEV = "cuda"
+SMOKE = False  # --smoke: tiny float32 shapes on the CPU under TRITON_INTERPRET=1, to check this script itself
+
+
+def _bench(fn):
+    if SMOKE:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    fn()
+    torch.cuda.synchronize()
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def _rel(out, ref):
+    out = out.detach().double().cpu().numpy()
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def _np(x):
+    return x.detach().double().cpu().numpy()
+
+
+def _sdpa(backend):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    be = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+
+    def fn(q, k, v, causal):
+        with sdpa_kernel(be):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return fn
+
+
+def _empty():
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _flops(b, h, n, d, causal):
+    return 4.0 * b * h * n * n * d / (2 if causal else 1)
+
+
+# ---------------------------------------------------------------- dense
+def dense(quick):
+    from gpu_optional.flash import flash_attention, flash_backward, flash_forward
+
+    t = Table(f"gpu dense attention ({str(DT).split('.')[-1]})", ["impl", "pass", "N", "d", "causal", "B", "H", "ms", "TFLOP/s",
+                                              "x best SDPA", "rel err"])
+    ns = [8192, 2048] if quick else [8192, 1024, 2048, 4096, 16384, 32768]   # 8192 first: the autotuner tunes there
+    ds = [128] if quick else [128, 64]
+    if SMOKE:
+        ns, ds = [96], [32]
+    impls = {"triton": None, "sdpa-flash": _sdpa("flash"), "sdpa-cudnn": _sdpa("cudnn")}
+    for d in ds:
+        for causal in (False, True):
+            for n in ns:
+                b, h = (1, 2) if SMOKE else (max(1, 16384 // n), 2048 // d)
+                gen = torch.Generator(device=DEV).manual_seed(n + d)
+                q, k, v, do = (torch.randn((b, h, n, d), generator=gen, device=DEV, dtype=DT) for _ in range(4))
+                # correctness: last R rows of head (0, 0) against the float64 reference
+                R = min(256, n)
+                ro, _ = attention(_np(q[0, 0, -R:]), _np(k[0, 0]), _np(v[0, 0]), causal=causal)
+                res = {}
+                for name, fn in impls.items():
+                    try:
+                        if fn is None:
+                            f_fwd = lambda: flash_forward(q, k, v, causal=causal, check_finite=False)
+                            o = f_fwd()[0]
+                        else:
+                            f_fwd = lambda fn=fn: fn(q, k, v, causal)
+                            o = f_fwd()
+                        err = _rel(o[0, 0, -R:], ro)
+                        ms = _bench(f_fwd)
+                        res[(name, "fwd")] = (ms, err)
+                        qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+                        if fn is None:
+                            o2, lse = flash_forward(q, k, v, causal=causal, check_finite=False)
+                            f_bwd = lambda: flash_backward(q, k, v, o2, lse, do, causal=causal)
+                        else:
+                            o2 = fn(qg, kg, vg, causal)
+                            f_bwd = lambda o2=o2: torch.autograd.grad(o2, (qg, kg, vg), do, retain_graph=True)
+                        ms = _bench(f_bwd)
+                        res[(name, "bwd")] = (ms, float("nan"))
+                        del o2
+                    except Exception as exc:  # a backend missing on this GPU/torch: say so, go on
+                        print(f"[dense] {name} d={d} causal={causal} N={n}: {type(exc).__name__}: {exc}"[:300],
+                              flush=True)
+                for ps in ("fwd", "bwd"):
+                    fl = _flops(b, h, n, d, causal) * (2.5 if ps == "bwd" else 1.0)
+                    best = min((res[(nm, ps)][0] for nm in impls if nm != "triton" and (nm, ps) in res),
+                               default=float("nan"))
+                    for name in impls:
+                        if (name, ps) not in res:
+                            continue
+                        ms, err = res[(name, ps)]
+                        t.add(name, ps, n, d, causal, b, h, round(ms, 4), round(fl / ms / 1e9, 1),
+                              round(best / ms, 3), err)
+                del q, k, v, do
+                _empty()
+    # backward correctness: full gradients at a size the float64 reference handles
+    for causal in (False, True):
+        gen = torch.Generator(device=DEV).manual_seed(11)
+        nb, db = (64, 32) if SMOKE else (1024, 128)
+        q, k, v, do = (torch.randn((1, 1, nb, db), generator=gen, device=DEV, dtype=DT) for _ in range(4))
+        qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+        o, _ = flash_attention(qg, kg, vg, causal=causal)
+        o.backward(do)
+        ref = attention_backward(_np(q[0, 0]), _np(k[0, 0]), _np(v[0, 0]), _np(do[0, 0]), causal=causal)
+        errs = [_rel(g[0, 0], r) for g, r in zip((qg.grad, kg.grad, vg.grad), ref)]
+        t.notes.append(f"triton backward vs float64 at N={nb}, d={db}, causal={causal}: "
+                       f"dq {errs[0]:.2e}, dk {errs[1]:.2e}, dv {errs[2]:.2e}")
+    t.notes.append("x best SDPA: time of the faster SDPA backend / this time (>1 = faster than SDPA)")
+    t.notes.append("rel err: ||o - ref||/||ref|| on the last 256 rows of head (0,0), float64 reference")
+    t.print()
+    return [t]
+
+
+# ---------------------------------------------------------------- sparse
+def _flex_block_mask(listed, nq, nk, block):
+    from torch.nn.attention.flex_attention import BlockMask
+
+    z, nqb, nkb = listed.shape
+    num = listed.sum(-1).to(torch.int32)
+    idx = torch.argsort((~listed).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    off = nk - nq
+
+    def causal_mod(b, h, qi, kj):
+        return kj <= qi + off
+
+    try:
+        return BlockMask.from_kv_blocks(num[None], idx[None], BLOCK_SIZE=block, mask_mod=causal_mod,
+                                        seq_lengths=(nq, nk))
+    except TypeError:  # older torch: no seq_lengths
+        return BlockMask.from_kv_blocks(num[None], idx[None], BLOCK_SIZE=block, mask_mod=causal_mod)
+
+
+def _listed_with_columns(dev, z):
+    """(Z, nqb, nkb) bool: listed key blocks OR blocks holding a listed column (FlexAttention's superset)."""
+    nqb, nkb = dev.n_query_blocks, -(-dev.nk // dev.block)
+    listed = torch.zeros((z, nqb, nkb), dtype=torch.bool, device=dev.block_offsets.device)
+    for offs, idx, div in ((dev.block_offsets, dev.block_indices, 1), (dev.column_offsets, dev.column_indices,
+                                                                         dev.block)):
+        counts = (offs[:, 1:] - offs[:, :-1]).reshape(-1).long()
+        rows = torch.repeat_interleave(torch.arange(z * nqb, device=offs.device), counts)
+        listed.view(z * nqb, nkb)[rows, idx.long() // div] = True
+    return listed
+
+
+def sparse(quick):
+    from gpu_optional.flash import flash_forward
+    from gpu_optional.index_build import vertical_slash_index
+    from gpu_optional.sparse import sparse_attention
+
+    t = Table(f"gpu sparse prefill (vertical-slash, {str(DT).split('.')[-1]}, causal)",
+              ["impl", "N", "H", "vertical", "slash", "density", "ms", "x dense triton", "rel err"])
+    d, h = 128, 4
+    cases = [(32768, [(1000, 100), (3000, 100)]), (131072, [(1000, 100), (4000, 100), (8000, 200)])]
+    if quick:
+        cases = [(32768, [(1000, 100)])]
+    if SMOKE:
+        cases, d, h = [(256, [(40, 60)])], 32, 2
+    try:
+        flex = torch.compile(__import__("torch.nn.attention.flex_attention", fromlist=["x"]).flex_attention)
+    except Exception as exc:
+        flex = None
+        print(f"[sparse] no FlexAttention: {exc}", flush=True)
+    for n, sizes in cases:
+        gen = torch.Generator(device=DEV).manual_seed(n)
+        q, k, v = (torch.randn((1, h, n, d), generator=gen, device=DEV, dtype=DT) for _ in range(3))
+        dense_ms = _bench(lambda: flash_forward(q, k, v, causal=True, check_finite=False))
+        R = min(128, n)
+        ro_dense, _ = attention(_np(q[0, 0, -R:]), _np(k[0, 0]), _np(v[0, 0]), causal=True)
+        od = flash_forward(q, k, v, causal=True, check_finite=False)[0]
+        t.add("dense triton", n, h, "-", "-", 1.0, round(dense_ms, 3), 1.0, _rel(od[0, 0, -R:], ro_dense))
+        del od
+        for vs, ss in sizes:
+            build = lambda: vertical_slash_index(q, k, vs, ss, block=64)
+            r = build()
+            dev = r.index_set
+            b = dev.block
+            entries = (dev.block_indices.numel() * b * b + dev.column_indices.numel() * b) / h
+            density = entries / (n * (n + 1) / 2)
+            # correctness on the last R rows of head 0: reference with the index set's mask rows
+            host = dev.to_host()[0]
+            mask = np.zeros((R, n), bool)
+            for qb in range((n - R) // b, n // b):
+                r0 = qb * b - (n - R)
+                for kb in host.blocks_of(qb):
+                    mask[r0:r0 + b, kb * b:(kb + 1) * b] = True
+                mask[r0:r0 + b, host.columns_of(qb)] = True
+            ro, _ = attention(_np(q[0, 0, -R:]), _np(k[0, 0]), _np(v[0, 0]), causal=True, mask=mask)
+            o, _ = sparse_attention(q, k, v, dev, causal=True, check_finite=False)
+            err = _rel(o[0, 0, -R:], ro)
+            ms_build = _bench(build)
+            ms_kernel = _bench(lambda: sparse_attention(q, k, v, dev, causal=True, check_finite=False))
+            t.add("index build (gpu)", n, h, vs, ss, round(density, 4), round(ms_build, 3), "-", "-")
+            t.add("sparse triton", n, h, vs, ss, round(density, 4), round(ms_kernel, 3),
+                  round(dense_ms / ms_kernel, 2), err)
+            t.add("build + sparse", n, h, vs, ss, round(density, 4), round(ms_build + ms_kernel, 3),
+                  round(dense_ms / (ms_build + ms_kernel), 2), "-")
+            if flex is not None:
+                try:
+                    listed = _listed_with_columns(dev, h)
+                    bm = _flex_block_mask(listed, n, n, b)
+                    of = flex(q, k, v, block_mask=bm)
+                    fmask = np.repeat(listed[0, -R // b:].cpu().numpy(), b, axis=1)[:, :n].repeat(b, axis=0)
+                    rf, _ = attention(_np(q[0, 0, -R:]), _np(k[0, 0]), _np(v[0, 0]), causal=True, mask=fmask)
+                    errf = _rel(of[0, 0, -R:], rf)
+                    fdens = float(listed.sum()) * b * b / h / (n * (n + 1) / 2)
+                    ms_f = _bench(lambda: flex(q, k, v, block_mask=bm))
+                    t.add("flex BlockMask", n, h, vs, ss, round(fdens, 4), round(ms_f, 3),
+                          round(dense_ms / ms_f, 2), errf)
+                except Exception as exc:
+                    print(f"[sparse] flex N={n} {vs},{ss}: {type(exc).__name__}: {exc}"[:400], flush=True)
+            del r, dev, o
+            _empty()
+        del q, k, v
+        _empty()
+    t.notes.append("x dense triton: dense causal Triton forward time / this time (index building included in "
+                   "'build + sparse')")
+    t.notes.append("flex BlockMask: FlexAttention (torch.compile) with the blocks of the same index set plus the "
+                   "blocks holding its single columns (it cannot gather columns); its error is against that mask")
+    t.print()
+    return [t]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gpu_optional.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a few shapes only")
+    p.add_argument("--csv", default=None, help="folder to write the tables as CSV")
+    p.add_argument("--sections", default="dense,sparse")
+    p.add_argument("--smoke", action="store_true", help="tiny float32 run on the CPU under TRITON_INTERPRET=1")
+    args = p.parse_args(argv)
+    global SMOKE, DEV, DT
+    if args.smoke:
+        SMOKE, DEV, DT = True, "cpu", torch.float32
+        if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            print("--smoke needs TRITON_INTERPRET=1 set before Python starts", file=sys.stderr)
+            return 2
+    elif os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or not torch.cuda.is_available():
+        print("gpu_optional.bench needs a CUDA GPU (and TRITON_INTERPRET unset or 0)", file=sys.stderr)
+        return 2
+    if not SMOKE:
+        props = torch.cuda.get_device_properties(0)
+        print(f"device: {props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}, "
+              f"triton {triton.__version__}", flush=True)
+    tables = []
+    for name in args.sections.split(","):
+        t0 = time.time()
+        try:
+            tables += {"dense": dense, "sparse": sparse}[name](args.quick)
+        except Exception:
+            traceback.print_exc()
+        print(f"[{name}] {time.time() - t0:.0f} s", flush=True)
+        if args.csv:
+            for tb in tables:
+                tb.write_csv(args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
