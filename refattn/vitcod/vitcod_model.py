@@ -74,17 +74,24 @@ class VitcodLayer:
 
 
 def vitcod_public_layer(mask, *, heads: int = 3, d: int = 64, hw: Hardware | None = None,
-                        threshold: int | None = 50, sparse_v_factor: float = 1.0) -> VitcodLayer:
-    """Their model for one layer, from one head's keep-mask ``(N, N)``."""
+                        threshold: int | None = 50, sparse_v_factor: float = 1.0,
+                        autoencoder: bool = True) -> VitcodLayer:
+    """Their model for one layer, from one head's keep-mask ``(N, N)``.
+
+    ``autoencoder=False`` (not in their code): Q/K tokens carry all H heads and
+    nothing is decoded, to show what the auto-encoder saves in their model.
+    """
     hw = hw or Hardware()
     sp = split_mask(np.asarray(mask), threshold)
     n, g, nnz = sp.n, sp.g, sp.nnz
-    L, hc = hw.lines, -(-heads // 2)
+    L, hc = hw.lines, (-(-heads // 2) if autoencoder else heads)
     w = L / heads
     tok_qk = hw.transfer_cycles(hc * d * hw.data_bytes)
     tok_v = hw.transfer_cycles(heads * d * hw.data_bytes)
     dec_w = int(math.ceil(hc * hw.data_bytes / (hw.bandwidth_bytes_per_s / heads) * hw.freq_hz))
-    dec_tok = int(math.ceil(hc * d / int(hw.macs / heads)))
+    dec_tok = int(math.ceil(hc * d / int(hw.macs / heads))) if autoencoder else 0
+    if not autoencoder:
+        dec_w = 0
 
     preload = decode = 0
     if g > 0:  # global K tokens, then every Q token
@@ -114,14 +121,14 @@ def vitcod_public_layer(mask, *, heads: int = 3, d: int = 64, hw: Hardware | Non
 
 
 def vitcod_public_network(masks, *, head: int = 0, heads: int | None = None, d: int = 64, hw: Hardware | None = None,
-                          threshold: int | None = 50, sparse_v_factor: float = 1.0) -> dict:
+                          threshold: int | None = 50, sparse_v_factor: float = 1.0, autoencoder: bool = True) -> dict:
     """Their model over layers: masks ``(layers, heads, N, N)``; only ``head`` of each layer is looked at."""
     masks = np.asarray(masks)
     if masks.ndim != 4 or masks.dtype != np.bool_:
         raise ValueError(f"vitcod_public_network: masks must be bool (layers, heads, N, N), got {masks.dtype} {masks.shape}")
     heads = masks.shape[1] if heads is None else heads
     layers = [vitcod_public_layer(m[head], heads=heads, d=d, hw=hw, threshold=threshold,
-                                  sparse_v_factor=sparse_v_factor) for m in masks]
+                                  sparse_v_factor=sparse_v_factor, autoencoder=autoencoder) for m in masks]
     preload = sum(x.preload for x in layers)
     decode = sum(x.decode for x in layers)
     compute = sum(x.compute for x in layers)

@@ -1,0 +1,11 @@
+"""The bench section runs and reports the 36 DeiT-Tiny heads (numbers are checked in test_engines)."""
+
+from refattn.bench import vitcod
+
+
+def test_bench_vitcod_quick(capsys):
+    tables = vitcod.run(quick=True)
+    heads, layers, network, synthetic = tables
+    assert len(heads.rows) == 36 and len(layers.rows) == 13
+    assert network.rows[0][3] == network.rows[3][3] == 9492  # faithful mode == their published total
+    assert "recall" in capsys.readouterr().out
