@@ -46,8 +46,8 @@ which operand elements enter at the left and top edges) for animation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 

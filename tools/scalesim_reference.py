@@ -115,8 +115,9 @@ def run_one(rows, cols, df, workdir: Path):
 
 def main(argv):
     target = Path(argv[1]) if len(argv) > 1 else Path("tests/data/scalesim_reference.json")
-    import scalesim  # noqa: F401  (fail early outside the venv)
     from importlib.metadata import version
+
+    import scalesim  # noqa: F401  (fail early outside the venv)
 
     records = []
     with tempfile.TemporaryDirectory() as tmp:

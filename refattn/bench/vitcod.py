@@ -109,7 +109,8 @@ def _synthetic_table(quick):
     pn = attention_probs(qn, kn)[0]
     rnd = np.random.default_rng(0).random(mask.shape) < density(mask)
     t.add("mask density (fixed from averaged maps)", round(density(mask), 4))
-    t.add("recall (kept attention mass), inputs it was built from", round(mask_recall(mask, attention_probs(q, k)[0]), 4))
+    seen = mask_recall(mask, attention_probs(q, k)[0])
+    t.add("recall (kept attention mass), inputs it was built from", round(seen, 4))
     t.add("recall, new inputs of the same kind", round(mask_recall(mask, pn), 4))
     t.add("recall, random mask of the same density, new inputs", round(mask_recall(rnd, pn), 4))
     ae_q, ae_k = fit_head_autoencoder(q), fit_head_autoencoder(k)
@@ -117,7 +118,8 @@ def _synthetic_table(quick):
     o2, _ = attention(ae_q.reconstruct(qn), ae_k.reconstruct(kn), vn)
     t.add("auto-encoder 3 -> 2 heads: rel. error Q (new inputs)", round(ae_q.relative_error(qn), 4))
     t.add("auto-encoder 3 -> 2 heads: rel. error K (new inputs)", round(ae_k.relative_error(kn), 4))
-    t.add("auto-encoder: rel. error of the attention output", round(float(np.linalg.norm(o2 - o) / np.linalg.norm(o)), 4))
+    rel = float(np.linalg.norm(o2 - o) / np.linalg.norm(o))
+    t.add("auto-encoder: rel. error of the attention output", round(rel, 4))
     t.add("auto-encoder: Q/K bytes kept", f"{ae_q.bottleneck}/{ae_q.heads}")
     t.notes.append("closed-form (SVD) fit on the same inputs the mask came from, no fine-tuning; ViTCoD fine-tunes "
                    "the network with the auto-encoder in place, which this does not model")

@@ -88,7 +88,9 @@ class Hardware:
 
     def __post_init__(self):
         if self.lines < 2 or self.macs_per_line < 1:
-            raise ValueError(f"Hardware: need lines >= 2 and macs_per_line >= 1, got {self.lines}, {self.macs_per_line}")
+            raise ValueError(
+                f"Hardware: need lines >= 2 and macs_per_line >= 1, got {self.lines}, {self.macs_per_line}"
+            )
         if self.freq_hz <= 0 or self.bandwidth_bytes_per_s <= 0:
             raise ValueError("Hardware: frequency and bandwidth must be positive")
 
@@ -164,7 +166,9 @@ class HeadCycles:
 
 def best_gemm(m, n, k, *, rows, cols):
     """The fastest mapping of ``(m x k) @ (k x n)``: any dataflow, the GEMM or its transpose."""
-    options = [simulate_gemm(a, b, k, rows=rows, cols=cols, dataflow=df) for df in DATAFLOWS for a, b in ((m, n), (n, m))]
+    options = [
+        simulate_gemm(a, b, k, rows=rows, cols=cols, dataflow=df) for df in DATAFLOWS for a, b in ((m, n), (n, m))
+    ]
     return min(options, key=lambda r: r.cycles)
 
 
@@ -215,7 +219,8 @@ class LayerResult:
         """Useful MACs / (engine MACs * cycles the heads' stages take), per engine."""
         busy = sum(h.compute for h in self.heads)
         out = {}
-        for name, lines_of, macs_of in (("dense", "dense_lines", "dense_macs"), ("sparse", "sparse_lines", "sparse_macs")):
+        engines = (("dense", "dense_lines", "dense_macs"), ("sparse", "sparse_lines", "sparse_macs"))
+        for name, lines_of, macs_of in engines:
             cap = sum(getattr(h, lines_of) * self.hw.macs_per_line * h.compute for h in self.heads)
             out[name] = sum(getattr(h, macs_of) for h in self.heads) / cap if cap else 0.0
         out["all"] = sum(h.dense_macs + h.sparse_macs for h in self.heads) / (self.hw.macs * busy) if busy else 0.0
@@ -307,4 +312,5 @@ def unsplit_sparse_baseline(masks, *, d: int = 64, dv: int | None = None, hw: Ha
         nnz = int(row_nnz.sum())
         hs.append(HeadCycles(0, nnz, 0, hw.lines, 0, s1, 0, s2, 0, nnz * (d + dv)))
     nb = _bytes(n, d, dv, heads, [h.nnz for h in hs], hw, False)
-    return LayerResult(hs, hw.transfer_cycles(sum(nb.values())), 0, nb, _buffers_ok(n, d, dv, [h.nnz for h in hs], hw), hw)
+    ok = _buffers_ok(n, d, dv, [h.nnz for h in hs], hw)
+    return LayerResult(hs, hw.transfer_cycles(sum(nb.values())), 0, nb, ok, hw)

@@ -122,7 +122,9 @@ def split_attention(q, k, v, mask, *, scale=None, threshold: int | None = None):
     """
     q, k, v = check_attention_inputs(q, k, v, mask=mask, where="split_attention")
     if q.ndim != 2 or q.shape[0] != k.shape[0]:
-        raise ValueError(f"split_attention: one head of self-attention, q and k (N, d) with equal N; got {q.shape}, {k.shape}")
+        raise ValueError(
+            f"split_attention: one head of self-attention, q and k (N, d) with equal N; got {q.shape}, {k.shape}"
+        )
     mask = _check_mask(mask, "split_attention")
     if mask.shape[0] != q.shape[0]:
         raise ValueError(f"split_attention: mask is {mask.shape}, expected ({q.shape[0]}, {q.shape[0]})")

@@ -110,7 +110,9 @@ def vitcod_public_layer(mask, *, heads: int = 3, d: int = 64, hw: Hardware | Non
     ld = int(L * ratio)
     ls = L - ld
     if g > 0 and ld == 0:
-        raise ValueError(f"vitcod_public_layer: G={g} but int({L} * {ratio:.4f}) = 0 dense lines; their model divides by zero here")
+        raise ValueError(
+            f"vitcod_public_layer: G={g} but int({L} * {ratio:.4f}) = 0 dense lines; their model divides by zero"
+        )
     tile = math.ceil(d / w)
     dense_sddmm = g * math.ceil(n / ld) * tile if g else 0
     sparse_sddmm = math.ceil(nnz / ls) * tile if nnz else 0
@@ -125,7 +127,9 @@ def vitcod_public_network(masks, *, head: int = 0, heads: int | None = None, d: 
     """Their model over layers: masks ``(layers, heads, N, N)``; only ``head`` of each layer is looked at."""
     masks = np.asarray(masks)
     if masks.ndim != 4 or masks.dtype != np.bool_:
-        raise ValueError(f"vitcod_public_network: masks must be bool (layers, heads, N, N), got {masks.dtype} {masks.shape}")
+        raise ValueError(
+            f"vitcod_public_network: masks must be bool (layers, heads, N, N), got {masks.dtype} {masks.shape}"
+        )
     heads = masks.shape[1] if heads is None else heads
     layers = [vitcod_public_layer(m[head], heads=heads, d=d, hw=hw, threshold=threshold,
                                   sparse_v_factor=sparse_v_factor, autoencoder=autoencoder) for m in masks]

@@ -7,7 +7,13 @@ import pytest
 
 from refattn.data.vit import load_deit_tiny_mask
 from refattn.vitcod.engines import (
-    Hardware, best_gemm, dense_baseline, line_split, simulate_layer, sparse_engine_cycles, unsplit_sparse_baseline,
+    Hardware,
+    best_gemm,
+    dense_baseline,
+    line_split,
+    simulate_layer,
+    sparse_engine_cycles,
+    unsplit_sparse_baseline,
 )
 from refattn.vitcod.vitcod_model import PUBLISHED_LOG, PUBLISHED_TOTALS, vitcod_public_layer, vitcod_public_network
 
