@@ -8,7 +8,7 @@ unit-tested against the library directly.
 Tile states (:func:`tile_states`) are replayed from the trace's events:
 
 * a tile is *computed* at the step of a compute event on the score tile
-  (tensor ``S`` or ``P``, rows = queries, columns = keys),
+  (tensor ``S``, ``P``, ``dP`` or ``dS``, rows = queries, columns = keys),
 * *skipped* at the step of a skip event (e.g. causal tiles above the diagonal),
 * *current* when its event happened in the step being shown.
 """
@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from refattn.memory import EV_COMPUTE, EV_LOAD, EV_SKIP, EV_STORE, TENSOR_ID, TENSORS, Trace, Traffic
 
 #: Tensors whose compute events are score tiles (query rows x key columns).
-TILE_TENSORS = ("S", "P")
+TILE_TENSORS = ("S", "P", "dP", "dS")
 
 PENDING, DONE, CURRENT, SKIPPED, CURRENT_SKIP = 0, 1, 2, 3, 4
 STATE_NAMES = ("not yet", "done", "current", "skipped", "skipped now")

@@ -91,8 +91,9 @@ def _backward_inputs(q, k, v, m, causal, seed=1):
 def backward_run(kernel: str, q, k, v, m: int, causal: bool = False):
     """One traced backward run (flash with recomputation, or standard)."""
     o, lse, do = _backward_inputs(q, k, v, m, causal)
-    fn = refattn.flash_backward if kernel == "flash" else refattn.standard_backward
-    return fn(q, k, v, o, lse, do, sram=Sram(int(m)), causal=causal, trace=True)
+    if kernel == "flash":
+        return refattn.flash_backward(q, k, v, o, lse, do, sram=Sram(int(m)), causal=causal, trace=True)
+    return refattn.standard_backward(q, k, v, o, do, sram=Sram(int(m)), causal=causal, trace=True)
 
 
 @st.cache_data(max_entries=16, show_spinner="counting backward traffic...")
@@ -101,6 +102,8 @@ def backward_counts(kernel: str, n: int, d: int, m: int, causal: bool = False, s
 
     q, k, v = random_qkv(n, d, seed=seed)
     o, lse, do = _backward_inputs(q, k, v, m, causal)
-    fn = refattn.flash_backward if kernel == "flash" else refattn.standard_backward
-    res = fn(q, k, v, o, lse, do, sram=Sram(int(m)), causal=causal)
+    if kernel == "flash":
+        res = refattn.flash_backward(q, k, v, o, lse, do, sram=Sram(int(m)), causal=causal)
+    else:
+        res = refattn.standard_backward(q, k, v, o, do, sram=Sram(int(m)), causal=causal)
     return res.traffic, res.flops

@@ -65,7 +65,7 @@ if qkv is not None:
     st.subheader("Uploaded Q/K/V")
     st.markdown(f"q {q.shape}, k {k.shape}, v {v.shape}, dtype {q.dtype}. "
                 "The forward and backward pages now list *uploaded* as an input.")
-    probs = reference.attention_probs(q, k)
+    probs, _ = reference.attention_probs(q, k)
     st.plotly_chart(figures.attention_map(probs, title="softmax(QKᵀ/√d) of the upload (float64 reference)"),
                     width="stretch", key="upload_qkv_map")
 if amap is not None:
