@@ -26,6 +26,8 @@ _EXPORTS = {
     "standard_backward": "refattn.kernels.standard",
     "sparse_forward": "refattn.kernels.sparse",
     "minference_forward": "refattn.patterns.minference",
+    "simulate_gemm": "refattn.pe_array",
+    "split_attention": "refattn.vitcod.reorder",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
