@@ -140,3 +140,24 @@ def test_bad_embedding_input():
         real.minilm_embedding([])
     assert real.minilm_embedding("one text").shape == (384,)
 
+
+
+def test_bench_head_densities_are_minimal_and_keep_95_percent(sample):
+    require("numba")
+    from refattn.bench.real import SWEEPS, head_densities
+    from refattn.patterns import build_index, metrics
+
+    q, k = sample.q[2, 0], sample.k[2, 0]
+    found = head_densities(q, k, scale=sample.scale)
+    assert set(found) == set(SWEEPS)
+    for name, f in found.items():
+        iset = build_index(name, q, k, f["params"], block=64, scale=sample.scale).index_set
+        assert f["recall"] >= 0.95
+        assert f["recall"] == pytest.approx(metrics.recall(q, k, iset, scale=sample.scale), abs=1e-9)
+        assert 0 < f["density"] <= 1 and f["density"] == pytest.approx(iset.density(causal=True))
+    for params in SWEEPS["block_sparse"]:  # nothing cheaper in the sweep reaches 95 %
+        iset = build_index("block_sparse", q, k, params, block=64, scale=sample.scale).index_set
+        if iset.density(causal=True) < found["block_sparse"]["density"] - 1e-12:
+            assert metrics.recall(q, k, iset, scale=sample.scale) < 0.95
+    # the real head is sparse enough that some pattern needs well under the full causal set
+    assert min(f["density"] for f in found.values()) < 0.8
