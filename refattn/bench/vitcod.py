@@ -30,8 +30,11 @@ def _engine_tables(keep, hw):
     heads_t = Table("vitcod: per head, refattn model (proportional line split, 64 lines x 8 MACs)",
                     ["layer", "head", "G", "nnz sparse", "lines dense/sparse", "dense cyc", "sparse cyc", "head cyc"])
     layer_t = Table("vitcod: per layer (3 heads), cycles at 500 MHz, 76.8 GB/s",
-                    ["layer", "preload", "compute", "total", "total +AE", "bound", "balanced", "dense", "unsplit",
-                     "x dense", "x unsplit"])
+                    ["layer", "preload", "compute", "total", "total +AE", "bound", "util dense/sparse", "balanced",
+                     "dense", "unsplit", "x dense", "x unsplit"])
+    bytes_t = Table("vitcod: off-chip bytes per operand, all 12 layers (8-bit data)",
+                    ["operand", "split", "split +AE", "dense", "unsplit sparse"])
+    nbytes = {key: {} for key in ("split", "ae", "dense", "unsplit")}
     sums = dict(total=0, total_ae=0, balanced=0, dense=0, unsplit=0, preload=0, compute=0)
     bytes_qk = [0, 0]
     for layer in range(keep.shape[0]):
@@ -43,14 +46,19 @@ def _engine_tables(keep, hw):
         for h, hc in enumerate(r.heads):
             heads_t.add(layer, h, hc.g, hc.nnz, f"{hc.dense_lines}/{hc.sparse_lines}",
                         hc.dense_sddmm + hc.dense_spmm, hc.sparse_sddmm + hc.sparse_spmm, hc.compute)
-        layer_t.add(layer, r.preload, r.compute, r.total, ra.total, r.bound, rb.total, dn.total, un.total,
+        for key, res in (("split", r), ("ae", ra), ("dense", dn), ("unsplit", un)):
+            for op, val in res.bytes.items():
+                nbytes[key][op] = nbytes[key].get(op, 0) + val
+        util = r.utilization
+        layer_t.add(layer, r.preload, r.compute, r.total, ra.total, r.bound,
+                    f"{util['dense']:.2f}/{util['sparse']:.2f}", rb.total, dn.total, un.total,
                     round(dn.total / r.total, 2), round(un.total / r.total, 2))
         for key, val in (("total", r.total), ("total_ae", ra.total), ("balanced", rb.total), ("dense", dn.total),
                          ("unsplit", un.total), ("preload", r.preload), ("compute", r.compute)):
             sums[key] += val
         bytes_qk[0] += r.bytes["Q"] + r.bytes["K"]
         bytes_qk[1] += ra.bytes["Q"] + ra.bytes["K"]
-    layer_t.add("all", sums["preload"], sums["compute"], sums["total"], sums["total_ae"], "-", sums["balanced"],
+    layer_t.add("all", sums["preload"], sums["compute"], sums["total"], sums["total_ae"], "-", "-", sums["balanced"],
                 sums["dense"], sums["unsplit"], round(sums["dense"] / sums["total"], 2),
                 round(sums["unsplit"] / sums["total"], 2))
     layer_t.notes += [
@@ -66,7 +74,11 @@ def _engine_tables(keep, hw):
         "fill/drain per fold), while the sparse engine is idealised (no cost for irregular K/V gathers beyond "
         "index bytes); the split pays off only where gathers cost more than the dense engine's idle PEs",
     ]
-    return heads_t, layer_t, sums
+    for op in ("Q", "K", "V", "O", "index", "decoder"):
+        bytes_t.add(op, *(nbytes[key].get(op, 0) for key in ("split", "ae", "dense", "unsplit")))
+    bytes_t.add("total", *(sum(nbytes[key].values()) for key in ("split", "ae", "dense", "unsplit")))
+    layer_t.notes.insert(0, "util: useful MACs / (engine MACs x cycles of the heads' stages), per engine")
+    return heads_t, layer_t, bytes_t, sums
 
 
 def _public_table(keep, hw, sums):
@@ -129,8 +141,8 @@ def _synthetic_table(quick):
 def run(quick: bool = False) -> list[Table]:
     keep, _ = load_deit_tiny_mask()
     hw = Hardware()
-    heads_t, layer_t, sums = _engine_tables(keep, hw)
-    tables = [heads_t, layer_t, _public_table(keep, hw, sums), _synthetic_table(quick)]
+    heads_t, layer_t, bytes_t, sums = _engine_tables(keep, hw)
+    tables = [heads_t, layer_t, bytes_t, _public_table(keep, hw, sums), _synthetic_table(quick)]
     for t in tables:
         t.print()
         print()
