@@ -112,7 +112,11 @@ def attention_backward(q, k, v, do, *, scale=None, causal=False, mask=None):
     q64, k64, v64 = _as64(q, k, v)
     do64 = np.asarray(do, dtype=np.float64)
     expected = q64.shape[:-1] + (v64.shape[-1],)
-    if np.broadcast_shapes(do64.shape, expected) != np.broadcast_shapes(expected, expected) or do64.ndim != len(expected):
+    try:
+        bad = np.broadcast_shapes(do64.shape, expected) != expected or do64.ndim != len(expected)
+    except ValueError:  # shapes that do not broadcast at all
+        bad = True
+    if bad:
         raise ValueError(f"reference.attention_backward: do has shape {do64.shape}, expected {expected} (the shape of o)")
     if not np.all(np.isfinite(do64)):
         raise ValueError("reference.attention_backward: do contains NaN or Inf")
