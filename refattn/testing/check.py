@@ -161,7 +161,7 @@ def _compare(p, output, got, want, bounds, skip_rows=None):
     bad_rows = np.unique(np.argwhere(bad)[:, row_axis]) if bad.ndim > row_axis else np.array([])
     rows = ", ".join(map(str, bad_rows[:12])) + (", ..." if bad_rows.size > 12 else "")
     message = (f"{output} differs from the float64 reference at {_where(p, output, idx)}: "
-               f"got {got[idx]!r}, want {want[idx]!r}, |error| {err[idx]:.3g} > allowed "
+               f"got {float(got[idx]):.7g}, want {float(want[idx]):.7g}, |error| {float(err[idx]):.3g} > allowed "
                f"{bounds.allowed(want[idx] if np.isfinite(want[idx]) else 0.0):.3g}\n"
                f"{int(bad.sum())} of {bad.size} elements of {output} out of tolerance; "
                f"{'rows' if output != 'dk' and output != 'dv' else 'key rows'} {rows}")
@@ -202,7 +202,7 @@ def _diagnose(p: Problem, cap: Capabilities, failure: Failure, o, lse, bounds_o,
         what = "NaN" if np.isnan(sel).any() else ("nonzero values" if np.any(sel != 0) else None)
         if what is None and lse is not None:
             lse_sel = np.asarray(lse, np.float64)[empty]
-            what = f"lse {lse_sel[0]!r} instead of -inf" if lse_sel.size else None
+            what = f"lse {float(lse_sel[0]):.7g} instead of -inf" if lse_sel.size else None
         failure.convention = "fully masked rows"
         failure.message = (f"convention difference, fully masked rows: for rows with no visible key the kernel "
                            f"returns {what or 'something else'}; refattn's convention is o = 0 and lse = -inf "

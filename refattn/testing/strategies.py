@@ -16,7 +16,8 @@ asked for what it does not claim):
 * **masks** (``mask_kind``): ``none``; ``causal`` (either alignment); ``window``
   (a causal sliding window as a boolean mask); ``random`` (boolean, shared or
   per head); ``index_set`` (a random :class:`~refattn.index_set.IndexSet`, or
-  one from ``refattn.patterns`` when that package is there); ``fully_masked_rows``
+  one built by ``refattn.patterns``' a_shape, vertical_slash or block_sparse
+  on the problem's q, k); ``fully_masked_rows``
   (a random mask with whole rows removed). Causal may also be combined with a
   boolean mask; bottom-right causal with ``Nq > Nk`` leaves rows fully masked.
 * **values** (``values``): ``normal`` N(0, 1); ``large_logits`` (q, k scaled so
@@ -178,7 +179,7 @@ class Problem:
         if self.mask_kind not in ("none", "causal"):
             kind = self.mask_kind
             if self.index_set is not None:
-                kind += f" ({self.index_set!r})"
+                kind += f" ({self.notes[0] if self.notes else 'given'}: {self.index_set!r})"
             parts.append(kind)
         return " + ".join(parts) or "no mask"
 
@@ -263,11 +264,25 @@ def _random_index_set(rng, nq, nk, block, keep_first):
     return IndexSet.from_lists(nq, nk, blocks, columns, block=block)
 
 
-def _pattern_index_set(rng, nq, nk, block):
-    """An index set from ``refattn.patterns`` when it exists and fits; else None."""
-    try:  # refattn.patterns is optional here (written separately); any API mismatch falls back
-        from refattn.patterns import a_shape  # type: ignore
-        return a_shape(nq, nk, n_init=int(rng.integers(1, 4)), n_local=int(rng.integers(1, 6)), block=block)
+INDEX_SOURCES = ("random", "a_shape", "vertical_slash", "block_sparse")
+
+
+def _pattern_index_set(source, rng, q, k, block):
+    """An index set from ``refattn.patterns`` (built on the first head's q, k), or None if unavailable."""
+    try:  # refattn.patterns is optional here; any failure falls back to a random index set
+        import refattn.patterns as patterns
+
+        nq, nk = q.shape[-2], k.shape[-2]
+        q2, k2 = (np.asarray(x, np.float64).reshape((-1,) + x.shape[-2:])[0] for x in (q, k))
+        if source == "a_shape":
+            built = patterns.a_shape(nq, nk, int(rng.integers(0, 4)), int(rng.integers(1, 6)), block=block)
+        elif source == "vertical_slash":
+            built = patterns.vertical_slash(q2, k2, int(rng.integers(1, nk + 1)), int(rng.integers(1, nk + 1)),
+                                            block=block)
+        else:
+            built = patterns.block_sparse(q2, k2, int(rng.integers(1, -(-nk // block) + 1)), block=block)
+        index_set = built.index_set
+        return index_set if isinstance(index_set, IndexSet) and (index_set.nq, index_set.nk) == (nq, nk) else None
     except Exception:
         return None
 
@@ -277,7 +292,8 @@ def _repair_rows(mask, nq, nk, causal):
     off = nk - nq if causal == "bottom_right" else 0
     cols = np.clip(np.arange(nq) + off, 0, nk - 1)
     mask = mask.copy()
-    empty = ~mask.any(axis=-1)
+    visible = mask if causal is None else mask & combined_mask(nq, nk, causal)
+    empty = ~visible.any(axis=-1)
     rows = np.nonzero(empty)
     mask[rows + (cols[rows[-1]],)] = True
     return mask
@@ -320,12 +336,6 @@ def problems(draw, capabilities: Capabilities | None = None):
             rows = rng.random(shape[:-1]) < 0.3
             rows.flat[rng.integers(rows.size)] = True
             mask &= ~rows[..., None]
-    elif mask_kind == "index_set":
-        block = draw(st.integers(1, 5))
-        index_set = _pattern_index_set(rng, nq, nk, block) if draw(st.booleans()) else None
-        if index_set is None:
-            index_set = _random_index_set(rng, nq, nk, block, keep_first=no_empty)
-        mask = index_set.to_mask(causal=causal or False)
     if no_empty and mask is not None and mask_kind != "index_set":
         mask = _repair_rows(mask, nq, nk, causal)
 
@@ -333,4 +343,16 @@ def problems(draw, capabilities: Capabilities | None = None):
     k = cast(_values(rng, values, lead + (nk, d), "k"), dtype)
     v = cast(_values(rng, values, lead + (nk, dv), "v"), dtype)
     do = cast(_values(rng, values, lead + (nq, dv), "do"), dtype)
-    return Problem(q, k, v, do, dtype, causal, mask, mask_kind, values, scale, seed, index_set)
+    notes = []
+    if mask_kind == "index_set":
+        block = draw(st.integers(1, 5))
+        source = draw(st.sampled_from(INDEX_SOURCES)) if not no_empty else "random"
+        if source != "random":
+            index_set = _pattern_index_set(source, rng, q, k, block)
+            if index_set is None:
+                source = "random"
+        if source == "random":
+            index_set = _random_index_set(rng, nq, nk, block, keep_first=no_empty)
+        notes.append(f"index set from {source}")
+        mask = index_set.to_mask(causal=causal or False)
+    return Problem(q, k, v, do, dtype, causal, mask, mask_kind, values, scale, seed, index_set, notes)
