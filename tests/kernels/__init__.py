@@ -1,0 +1,1 @@
+"""Tests of the simulated kernels (flash forward/backward here; others beside them)."""
