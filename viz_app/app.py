@@ -11,7 +11,7 @@ import streamlit as st  # noqa: E402
 
 st.set_page_config(page_title="refattn visualiser", page_icon="🧮", layout="wide")
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "app_pages"  # not "pages/": that name switches Streamlit to its old multipage mode
 nav = st.navigation([
     st.Page(PAGES / "forward.py", title="FlashAttention forward", url_path="forward", default=True),
     st.Page(PAGES / "backward.py", title="Backward", url_path="backward"),

@@ -26,7 +26,7 @@ def play_controls(name: str) -> float | None:
     if ss.pop(f"{name}_stop", False):  # the fragment reached the end: pause before the toggle exists
         ss[f"{name}_play"] = False
     c1, c2 = st.columns([1, 3])
-    playing = c1.toggle("▶ play", key=f"{name}_play")
+    playing = c1.toggle("play", key=f"{name}_play")
     speed = c2.select_slider("speed", options=list(SPEEDS), value="2 steps/s", key=f"{name}_speed",
                              label_visibility="collapsed")
     return SPEEDS[speed] if playing else None
@@ -44,10 +44,14 @@ def step_controls(name: str, last: int) -> int:
         ss[key] += 1
     ss[f"{name}_tick"] = True  # the next fragment run while playing advances
     cols = st.columns(5)
-    cols[0].button("⏮ start", key=f"{name}_first", on_click=_set, args=(key, 0), width="stretch")
-    cols[1].button("◀ back", key=f"{name}_back", on_click=_move, args=(key, -1, last), width="stretch")
-    cols[2].button("step ▶", key=f"{name}_fwd", on_click=_move, args=(key, 1, last), width="stretch")
-    cols[3].button("end ⏭", key=f"{name}_end", on_click=_set, args=(key, last), width="stretch")
+    cols[0].button("start", icon=":material/first_page:", key=f"{name}_first", on_click=_set, args=(key, 0),
+                   width="stretch")
+    cols[1].button("back", icon=":material/chevron_left:", key=f"{name}_back", on_click=_move,
+                   args=(key, -1, last), width="stretch")
+    cols[2].button("step", icon=":material/chevron_right:", key=f"{name}_fwd", on_click=_move,
+                   args=(key, 1, last), width="stretch", type="primary")
+    cols[3].button("end", icon=":material/last_page:", key=f"{name}_end", on_click=_set, args=(key, last),
+                   width="stretch")
     if last > 0:
         st.slider("step", 0, last, key=key)
     return int(ss[key])

@@ -17,7 +17,7 @@ TIMEOUT = 120  # the default 3 s is less than a first Numba compile
 
 
 def page(name: str) -> AppTest:
-    return AppTest.from_file(str(APP / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
+    return AppTest.from_file(str(APP / "app_pages" / f"{name}.py"), default_timeout=TIMEOUT)
 
 
 def ok(at: AppTest) -> AppTest:
