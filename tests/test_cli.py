@@ -36,7 +36,7 @@ def test_bench_unknown_section_is_refused(capsys):
 def test_lesson_without_number_lists_lessons(capsys):
     assert cli.main(["lesson"]) == 0
     out = capsys.readouterr().out
-    for n, path in cli.lesson_paths().items():
+    for path in cli.lesson_paths().values():
         assert path.name in out
 
 

@@ -39,7 +39,8 @@ def test_to_mask_by_hand():
        causal=st.sampled_from([False, True, "top_left"]))
 def test_dense_set_covers_exactly_the_visible_entries(nq, nk, block, causal):
     s = IndexSet.dense(nq, nk, block=block, causal=causal)
-    visible = np.ones((nq, nk), bool) if not causal else causal_mask(nq, nk, "top_left" if causal == "top_left" else "bottom_right")
+    mode = "top_left" if causal == "top_left" else "bottom_right"
+    visible = causal_mask(nq, nk, mode) if causal else np.ones((nq, nk), bool)
     assert np.array_equal(s.to_mask(causal=causal), visible)
     assert s.n_strips == 0
     assert s.density(causal=causal) == (1.0 if visible.any() else 0.0)

@@ -5,8 +5,18 @@ import numpy as np
 import pytest
 
 from refattn import memory
-from refattn.memory import (CHIPS, Sram, SramTooSmall, Traffic, as_sram, get_chip, make_trace, new_mem,
-                            require_fits, simulated_time)
+from refattn.memory import (
+    CHIPS,
+    Sram,
+    SramTooSmall,
+    Traffic,
+    as_sram,
+    get_chip,
+    make_trace,
+    new_mem,
+    require_fits,
+    simulated_time,
+)
 
 
 @numba.njit(cache=True)
@@ -40,7 +50,8 @@ def test_counters_occupancy_and_trace():
     trace = make_trace(mem, slot_names=("Q", "K", "S"))
     assert trace.n_steps == 3 and len(trace) == 3 * 6 + 1
     ev = trace.events[0]
-    assert (ev.kind, ev.tensor, ev.slot, ev.head, ev.rows, ev.cols, ev.elements) == ("load", "Q", 0, 7, (0, 4), (0, 5), 20)
+    got = (ev.kind, ev.tensor, ev.slot, ev.head, ev.rows, ev.cols, ev.elements)
+    assert got == ("load", "Q", 0, 7, (0, 4), (0, 5), 20)
     assert [e.kind for e in trace.events_at(1)][-1] == "skip"
     assert trace.traffic_until(2) == tr
     assert trace.traffic_until(0) == Traffic({"Q": 20, "K": 10}, {"O": 20})

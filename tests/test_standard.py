@@ -155,7 +155,8 @@ def test_traffic_grows_as_n_squared():
 
 def test_sram_too_small_is_refused_before_running():
     _, q, k, v, do = _inputs(0, (), 8, 8, 6, 6, np.float32)
-    with pytest.raises(memory.SramTooSmall, match=r"standard_forward .* pass F1 .* needs 13 elements on chip, but M = 12"):
+    msg = r"standard_forward .* pass F1 .* needs 13 elements on chip, but M = 12"
+    with pytest.raises(memory.SramTooSmall, match=msg):
         standard_forward(q, k, v, sram=12)
     r = standard_forward(q, k, v, sram=13)
     with pytest.raises(memory.SramTooSmall, match=r"standard_backward .* pass B2"):

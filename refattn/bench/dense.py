@@ -36,11 +36,11 @@ MAX_N_MATERIALISED = 4096
 PAPER_FIG2 = {"standard": (40.3, 41.7, 66.6), "flash": (4.4, 7.3, 75.2)}  # GB, ms, GFLOPs
 
 
-def _median_time(fn, repeats):
+def _median_time(repeats, fn, *args, **kwargs):
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
+        fn(*args, **kwargs)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -85,12 +85,12 @@ def wall_time(quick: bool) -> Table:
         q, k, v = (rng.standard_normal((n, D)).astype(np.float32) for _ in range(3))
         small = n <= MAX_N_MATERIALISED
         reps = repeats if n <= 4096 else 1
-        t_ref = _median_time(lambda: attention(q, k, v), reps) if small else "-"
-        t_std = _median_time(lambda: standard_forward(q, k, v, sram="a100"), reps) if small else "-"
-        t_fa2 = _median_time(lambda: flash_forward(q, k, v, sram="a100"), reps)
+        t_ref = _median_time(reps, attention, q, k, v) if small else "-"
+        t_std = _median_time(reps, standard_forward, q, k, v, sram="a100") if small else "-"
+        t_fa2 = _median_time(reps, flash_forward, q, k, v, sram="a100")
         if sdpa is not None:
             sdpa(q, k, v)
-            t_torch = _median_time(lambda: sdpa(q, k, v), reps)
+            t_torch = _median_time(reps, sdpa, q, k, v)
             ratio = t_fa2 / t_torch
             if n == 4096:
                 goal = ratio
