@@ -220,28 +220,100 @@ def loglog_slope(xs, ys) -> float:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
-def paper_comparison(ours: dict, paper: dict, *, title="Figure 2 (left)"):
-    """Side-by-side bars: {kernel: value} ours vs the paper's, for one quantity."""
+def paper_comparison(ours: dict, paper: dict, *, title="Figure 2 (left)",
+                     labels=("refattn (simulated)", "paper (A100)")):
+    """Side-by-side bars of two {name: value} dicts (by default ours vs the paper's), for one quantity."""
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=list(ours), y=list(ours.values()), name="refattn (simulated)", marker_color="#3182bd",
+    fig.add_trace(go.Bar(x=list(ours), y=list(ours.values()), name=labels[0], marker_color="#3182bd",
                          text=[f"{v:.3g}" for v in ours.values()], textposition="outside"))
-    fig.add_trace(go.Bar(x=list(paper), y=list(paper.values()), name="paper (A100)", marker_color="#bdbdbd",
+    fig.add_trace(go.Bar(x=list(paper), y=list(paper.values()), name=labels[1], marker_color="#bdbdbd",
                          text=[f"{v:.3g}" for v in paper.values()], textposition="outside"))
     fig.update_layout(barmode="group", title=title, height=320, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 
+# --------------------------------------------------------------------------- sparse kernel
+def sparse_cover(trace: Trace, step: int, nq: int, nk: int, head: int = 0) -> np.ndarray:
+    """(nq, nk) int states of score entries the sparse kernel computed by ``step`` (DONE / CURRENT / SKIPPED).
+
+    Rows come from each step's S compute (or skip) event; key columns from the K rows that
+    step loaded, because a gathered tile's S event indexes the column list, not key columns
+    (see refattn/kernels/sparse.py).
+    """
+    out = np.full((nq, nk), PENDING, np.int64)
+    rec = trace.records
+    rec = rec[(rec[:, 0] <= step) & (rec[:, 4] == head)]
+    k_id, s_id = TENSOR_ID["K"], TENSOR_ID["S"]
+    for st in np.unique(rec[:, 0]):
+        r = rec[rec[:, 0] == st]
+        now = st == step
+        comp = r[(r[:, 1] == EV_COMPUTE) & (r[:, 2] == s_id)]
+        if len(comp):
+            cols = np.zeros(nk, bool)
+            for kl in r[(r[:, 1] == EV_LOAD) & (r[:, 2] == k_id)]:
+                cols[kl[5]:kl[6]] = True
+            for c in comp:
+                out[c[5]:c[6], cols] = CURRENT if now else DONE
+        for sk in r[r[:, 1] == EV_SKIP]:
+            block = out[sk[5]:sk[6], sk[7]:sk[8]]
+            block[block == PENDING] = CURRENT_SKIP if now else SKIPPED
+    return out
+
+
+def pool_max(a: np.ndarray, size: int = 256) -> np.ndarray:
+    """Max-pool a 2-D array down to at most ``size`` x ``size`` cells (for drawing large maps)."""
+    a = np.asarray(a)
+    fr, fc = -(-a.shape[0] // size), -(-a.shape[1] // size)
+    if fr == 1 and fc == 1:
+        return a
+    r, c = -(-a.shape[0] // fr) * fr, -(-a.shape[1] // fc) * fc
+    pad = np.full((r, c), a.min() if a.size else 0, a.dtype)
+    pad[:a.shape[0], :a.shape[1]] = a
+    return pad.reshape(r // fr, fr, c // fc, fc).max(axis=(1, 3))
+
+
+def state_map(states: np.ndarray, *, title="", size=256):
+    """Element-level state map (PENDING/DONE/CURRENT/...), max-pooled for drawing (CURRENT wins)."""
+    n = len(STATE_COLOURS)
+    scale = []
+    for i, c in enumerate(STATE_COLOURS):
+        scale += [(i / n, c), ((i + 1) / n, c)]
+    rank = np.array([0, 2, 4, 1, 3])  # pooling order: current > done > skipped now > skipped > pending
+    inv = np.argsort(rank)
+    pooled = inv[pool_max(rank[states], size)]
+    fy, fx = -(-states.shape[0] // pooled.shape[0]), -(-states.shape[1] // pooled.shape[1])
+    fig = go.Figure(go.Heatmap(z=pooled + 0.5, x0=0, dx=fx, y0=0, dy=fy, zmin=0, zmax=n, colorscale=scale,
+                               showscale=False, customdata=np.array(STATE_NAMES, dtype=object)[pooled],
+                               hovertemplate="key %{x}<br>query %{y}<br>%{customdata}<extra></extra>"))
+    for i, name in enumerate(STATE_NAMES):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
+                                 marker=dict(size=10, color=STATE_COLOURS[i], symbol="square")))
+    fig.update_yaxes(autorange="reversed", title="query rows")
+    fig.update_xaxes(title="key columns", side="top")
+    fig.update_layout(title=title, height=380, margin=dict(l=10, r=10, t=60, b=10),
+                      legend=dict(orientation="h", y=-0.02), plot_bgcolor="white")
+    return fig
+
+
 # --------------------------------------------------------------------------- maps
-def attention_map(probs: np.ndarray, *, title="attention", mask: np.ndarray | None = None, log=True):
-    """Heatmap of an attention map (log10 by default); ``mask`` (True = kept) outlined on top."""
-    z = np.asarray(probs, float)
+def attention_map(probs: np.ndarray, *, title="attention", mask: np.ndarray | None = None, log=True, size=256):
+    """Heatmap of an attention map (log10 by default); ``mask`` (True = kept) shaded on top.
+
+    Maps larger than ``size`` are max-pooled (the mask: any entry kept) so the browser draws at most size².
+    """
+    shape = np.shape(probs)
+    z = pool_max(np.asarray(probs, float), size)
+    fy, fx = -(-shape[0] // z.shape[0]), -(-shape[1] // z.shape[1])
+    if mask is not None:
+        mask = pool_max(np.asarray(mask, bool), size)
     if log:
         with np.errstate(divide="ignore"):
             z = np.log10(np.maximum(z, 1e-12))
-    fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", colorbar=dict(title="log10 p" if log else "p")))
+    fig = go.Figure(go.Heatmap(z=z, x0=0, dx=fx, y0=0, dy=fy, colorscale="Viridis",
+                               colorbar=dict(title="log10 p" if log else "p")))
     if mask is not None:
         m = np.where(np.asarray(mask, bool), 1.0, np.nan)
-        fig.add_trace(go.Heatmap(z=m, colorscale=[(0, "rgba(255,0,0,0.35)"), (1, "rgba(255,0,0,0.35)")],
+        fig.add_trace(go.Heatmap(z=m, x0=0, dx=fx, y0=0, dy=fy, colorscale=[(0, "rgba(255,0,0,0.35)"), (1, "rgba(255,0,0,0.35)")],
                                  showscale=False, hoverinfo="skip", name="kept"))
     fig.update_yaxes(autorange="reversed", title="query")
     fig.update_xaxes(title="key")

@@ -158,7 +158,10 @@ def structured_qkv(synthetic, n, d, seed):
     """Call the synthetic generator (its public name may vary while it lands)."""
     for fn in ("structured_qkv", "long_context_qkv", "synthetic_qkv", "make_qkv"):
         if hasattr(synthetic, fn):
-            out = getattr(synthetic, fn)(n, d, seed=seed)
+            try:
+                out = getattr(synthetic, fn)(n, d, seed=seed)
+            except ValueError as exc:  # e.g. sizes the generator does not support: say so in the page
+                raise InputError(f"structured inputs: {exc}") from None
             q, k, v = (out[key] for key in ("q", "k", "v")) if isinstance(out, dict) else out[:3]
             q, k, v = (np.asarray(x) for x in (q, k, v))
             while q.ndim > 2:

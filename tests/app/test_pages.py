@@ -173,7 +173,34 @@ def test_forward_page_with_an_uploaded_input():
     assert metric(at, "flash total at end") == res.traffic.total
 
 
-@pytest.mark.parametrize("name", ["minference", "vitcod"])
-def test_pattern_pages_render(name):
-    at = ok(page(name).run())
-    assert at.title
+def test_minference_page_patterns_and_stepping():
+    at = ok(page("minference").run())
+    density = float(at.metric[0].value)
+    assert 0 < density < 1
+    reads0 = int(at.metric[5].value.replace(",", ""))
+    ok(at.button(key="mi_fwd").click().run())
+    assert at.session_state["mi_step"] == 1
+    assert int(at.metric[5].value.replace(",", "")) > reads0
+    ok(at.radio(key="mi_head").set_value(1).run())  # the planted A-shape head
+    assert "Pattern:" in at.markdown[0].value
+    ok(at.selectbox(key="mi_pattern").set_value(1).run())  # the A-shape candidate
+    assert "`a_shape`" in at.markdown[0].value
+    assert len(at.table[0].value) >= 3  # the per-head table of the search
+
+
+def test_vitcod_page_mask_sources_and_autoencoder():
+    from refattn.data.vit import load_deit_tiny_mask
+    from refattn.vitcod import simulate_layer
+
+    at = ok(page("vitcod").run())
+    keep, _ = load_deit_tiny_mask()
+    res = simulate_layer(keep[0])
+    assert metric(at, "ViTCoD cycles (layer)") == res.total
+    ok(at.slider(key="vc_layer").set_value(5).run())
+    assert metric(at, "ViTCoD cycles (layer)") == simulate_layer(keep[5]).total
+    table = at.table[0].value
+    assert table["total"][1] < table["total"][0]  # the auto-encoder moves fewer bytes
+    ok(at.radio(key="vc_source").set_value("synthetic").run())
+    d_low = float(at.metric[0].value)
+    ok(at.select_slider(key="vc_density").set_value(0.3).run())
+    assert float(at.metric[0].value) > d_low

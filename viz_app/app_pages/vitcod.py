@@ -1,13 +1,111 @@
 """Page 5: ViTCoD: prune, reorder into dense and sparse parts, and split the work between two engines."""
 
+import numpy as np
 import streamlit as st
 
-from viz_app import runs, views
+from viz_app import figures, runs, views
 
 st.title("ViTCoD: split sparse and dense attention")
-st.caption("A fixed, pruned attention mask; global tokens moved to the front for the denser engine; the rest "
-           "runs on the sparser engine.")
+st.caption("A fixed attention mask (pruned once from averaged maps); global tokens moved to the front, so the first "
+           "G columns form a dense block for the denser engine and the rest is a sparse, mostly local pattern for "
+           "the sparser engine. Cycle counts from refattn.vitcod.engines on the shared PE-array model.")
 
-if not (runs.module_available("refattn.vitcod") and runs.module_available("refattn.pe_array")):
-    views.not_available("The ViTCoD view", "refattn.vitcod and refattn.pe_array")
+if not all(runs.module_available(m) for m in ("refattn.vitcod", "refattn.pe_array", "refattn.data.vit")):
+    views.not_available("The ViTCoD view", "refattn.vitcod, refattn.pe_array and refattn.data.vit")
     st.stop()
+
+
+@st.cache_data(max_entries=2, show_spinner="loading the DeiT-Tiny mask...")
+def deit_masks():
+    from refattn.data.vit import load_deit_tiny_mask
+
+    keep, g = load_deit_tiny_mask()
+    return keep, g
+
+
+@st.cache_data(max_entries=8, show_spinner="averaging attention maps and pruning...")
+def synthetic_masks(target_density: float, seed: int):
+    from refattn.data.vit import vit_like_qkv
+    from refattn.vitcod import average_maps, cutoff_for_density, fixed_mask
+
+    q, k, _ = vit_like_qkv(16, heads=3, structure_seed=seed, seed=seed + 1)
+    maps = average_maps(q, k)  # (heads, N, N)
+    cut = cutoff_for_density(maps, target_density)
+    return maps, fixed_mask(maps, cut), cut
+
+
+@st.cache_data(max_entries=16, show_spinner="simulating the engines...")
+def simulate(masks):
+    from refattn.vitcod import dense_baseline, simulate_layer, split_mask, unsplit_sparse_baseline
+
+    return (simulate_layer(masks), simulate_layer(masks, autoencoder=True), dense_baseline(masks),
+            unsplit_sparse_baseline(masks), [split_mask(m) for m in masks])
+
+
+sb = st.sidebar
+sb.header("ViTCoD settings")
+source = sb.radio("mask", ["deit", "synthetic"], key="vc_source",
+                  format_func={"deit": "DeiT-Tiny 95% (real, bundled)", "synthetic": "synthetic ViT (prune here)"}.get)
+maps = None
+if source == "deit":
+    keep, g_counts = deit_masks()
+    layer = sb.slider("layer", 0, keep.shape[0] - 1, 0, key="vc_layer")
+    masks = keep[layer]
+else:
+    target = sb.select_slider("kept density", [0.05, 0.1, 0.2, 0.3, 0.5], value=0.1, key="vc_density")
+    seed = int(sb.number_input("structure seed", 0, 100, 0, key="vc_seed"))
+    maps, masks, cut = synthetic_masks(target, seed)
+head = sb.radio("head", list(range(masks.shape[0])), key="vc_head")
+
+dense_run, ae_run, dense_base, unsplit, splits = simulate(masks)
+sp = splits[head]
+n = masks.shape[-1]
+
+c = st.columns(5)
+c[0].metric("kept density", f"{masks[head].mean():.3f}")
+c[1].metric("global tokens G", f"{sp.g}")
+c[2].metric("ViTCoD cycles (layer)", f"{dense_run.total:,}")
+c[3].metric("dense baseline cycles", f"{dense_base.total:,}",
+            delta=f"{dense_base.total / max(dense_run.total, 1):.1f}x slower", delta_color="off")
+c[4].metric("unsplit sparse cycles", f"{unsplit.total:,}")
+
+cols = st.columns(3)
+if maps is not None:
+    cols[0].plotly_chart(figures.attention_map(maps[head], title="averaged attention (before pruning)"),
+                         width="stretch", key="vc_before")
+else:
+    cols[0].info("The bundled DeiT-Tiny file holds the pruned mask only (the averaged maps are not published).")
+perm = sp.permuted_mask()
+cols[1].plotly_chart(figures.attention_map(masks[head].astype(float), log=False, title="kept mask (after pruning)"),
+                     width="stretch", key="vc_mask")
+fig = figures.attention_map(perm.astype(float), log=False, title=f"reordered: first G = {sp.g} columns dense")
+fig.add_vline(x=sp.g - 0.5, line=dict(color="red"))
+cols[2].plotly_chart(fig, width="stretch", key="vc_perm")
+
+st.subheader("Work split between the engines (one layer, heads one after another)")
+spans, t = [], dense_run.decode
+if t:
+    spans.append({"lane": "denser engine", "start": 0, "end": t, "label": "decode"})
+for h, hc in enumerate(dense_run.heads):
+    for stage, dn, sn in (("SDDMM", hc.dense_sddmm, hc.sparse_sddmm), ("SpMM", hc.dense_spmm, hc.sparse_spmm)):
+        spans.append({"lane": f"denser ({hc.dense_lines} lines)", "start": t, "end": t + dn, "label": f"h{h} {stage}"})
+        spans.append({"lane": f"sparser ({hc.sparse_lines} lines)", "start": t, "end": t + sn,
+                      "label": f"h{h} {stage}"})
+        t += max(dn, sn)
+spans.append({"lane": "HBM preload", "start": 0, "end": dense_run.preload, "label": "preload"})
+st.plotly_chart(figures.timeline(spans, title=f"cycles (layer total {dense_run.total:,}, {dense_run.bound}-bound)"),
+                width="stretch", key="vc_timeline")
+util = dense_run.utilization
+st.markdown(" · ".join(f"**{name}** PE utilisation {val:.0%}" for name, val in util.items()))
+
+st.subheader("Data movement with and without the Q/K auto-encoder")
+plain, ae = dense_run.bytes, ae_run.bytes
+names = sorted(set(plain) | set(ae), key=lambda x: ["Q", "K", "V", "O", "index", "decoder"].index(x)
+               if x in ["Q", "K", "V", "O", "index", "decoder"] else 99)
+st.plotly_chart(figures.paper_comparison({x: plain.get(x, 0) for x in names}, {x: ae.get(x, 0) for x in names},
+                                         title="bytes moved per layer", labels=("no auto-encoder", "auto-encoder")),
+                width="stretch", key="vc_bytes")
+st.table([{"": "no auto-encoder", **plain, "total": sum(plain.values()), "cycles": dense_run.total},
+          {"": "auto-encoder", **{x: ae.get(x, 0) for x in names}, "total": sum(ae.values()), "cycles": ae_run.total}])
+st.caption(f"N = {n} tokens, {masks.shape[0]} heads. The auto-encoder compresses Q and K across heads "
+           f"({masks.shape[0]} -> {int(np.ceil(masks.shape[0] / 2))}) and pays decoder cycles on chip.")
