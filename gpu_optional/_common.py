@@ -28,26 +28,39 @@ def autotune_on() -> bool:
 
 
 def configs(gpu_list, gpu_default, interp):
-    """Pick the Triton configs: ``interp`` under the interpreter, the list or the default on a GPU."""
+    """Pick the Triton configs: ``interp`` under the interpreter; on a GPU the list (autotuned) or,
+    with ``GPU_OPTIONAL_AUTOTUNE=0``, the default plus a small fallback for big head dims."""
     def make(c):
         bm, bn, w, s = c
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
 
     if INTERPRET:
         return [make(interp)]
-    return [make(c) for c in (gpu_list if autotune_on() else [gpu_default])]
+    chosen = list(gpu_list) if autotune_on() else [gpu_default]
+    return [make(c) for c in chosen + [SMALL_CONFIG]]
+
+
+#: fits shared memory at head dim 256 in float32; always offered as the last resort.
+SMALL_CONFIG = (32, 32, 4, 2)
+SMEM_BUDGET = 200 * 1024
 
 
 def prune_for_head_dim(configs_, named_args, **kwargs):
-    """Drop tiles too large for shared memory at big head dims or float32 inputs."""
+    """Keep the configs whose tiles fit shared memory: Q tile + num_stages * (K and V tiles)."""
     args = {**named_args, **kwargs}
-    bd = max(args.get("BLOCK_D", 64), args.get("BLOCK_DV", 64))
-    fp32 = args.get("PREC", "") == "ieee"
-    limit = 128 * 128 if bd <= 64 and not fp32 else (128 * 64 if bd <= 128 and not fp32 else 64 * 32)
-    kept = [c for c in configs_ if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= limit]
-    if not kept:
-        kept = [min(configs_, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
-    return kept
+    bd, bdv = args.get("BLOCK_D", 64), args.get("BLOCK_DV", 64)
+    elt = 4 if args.get("PREC", "") == "ieee" else 2
+
+    tuning = autotune_on()
+
+    def smem(c):  # autotuning: a lenient estimate (the autotuner skips configs that fail to fit)
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        stages = max(c.num_stages - 1, 1) if tuning else max(c.num_stages, 1)
+        return elt * (bm * max(bd, bdv) + stages * bn * (bd + bdv))
+
+    budget = 232448 if tuning else SMEM_BUDGET
+    kept = [c for c in configs_ if smem(c) <= budget] or [min(configs_, key=smem)]
+    return kept if tuning else kept[:1]
 
 
 def block_dim(d: int) -> int:
