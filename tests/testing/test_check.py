@@ -54,7 +54,7 @@ def test_planted_bug_is_caught_with_a_minimal_example(bug):
         assert p.nk % 4 != 0 and p.nk < 4  # shrunk below one block
     elif bug == "inverted_rescale":
         assert p.nk > 4  # needs a second key block
-        assert p.nq == 1 and p.q.shape[-1] == 1 and p.v.shape[-1] == 1  # shrunk to one row, d = dv = 1
+        assert p.nq == 1 and p.v.shape[-1] == 1 and p.lead == ()  # shrunk to one query row, dv = 1
 
 
 def test_capabilities_are_respected():

@@ -1,0 +1,58 @@
+"""refattn's own simulated kernels pass the conformance kit (float32: one Numba signature each)."""
+
+import pytest
+
+from refattn.index_set import IndexSet
+from refattn.testing import Capabilities, check_attention
+
+SRAM = 4096  # elements: room for several tiles at the kit's small sizes
+EXAMPLES = 25
+CAP = Capabilities(dtypes=("float32",), max_n=20, max_d=8)
+
+
+@pytest.mark.parametrize("variant", ["fa2", "fa1"])
+def test_flash_forward_conforms(variant):
+    flash = pytest.importorskip("refattn.kernels.flash")
+
+    def fn(q, k, v, *, causal, scale, mask):
+        r = flash.flash_forward(q, k, v, sram=SRAM, variant=variant, causal=causal, scale=scale, mask=mask)
+        return r.o, r.lse
+
+    assert check_attention(fn, capabilities=CAP, max_examples=EXAMPLES, name=f"flash_forward[{variant}]").passed
+
+
+def test_flash_forward_with_tiny_blocks_conforms():
+    """Blocks of 3 x 2: every problem has partial last blocks and several tiles per row."""
+    flash = pytest.importorskip("refattn.kernels.flash")
+
+    def fn(q, k, v, *, causal, scale, mask):
+        r = flash.flash_forward(q, k, v, sram=SRAM, variant="fa2", causal=causal, scale=scale, mask=mask,
+                                block=(3, 2))
+        return r.o, r.lse
+
+    assert check_attention(fn, capabilities=CAP, max_examples=EXAMPLES).passed
+
+
+def test_standard_forward_conforms():
+    standard = pytest.importorskip("refattn.kernels.standard")
+
+    def fn(q, k, v, *, causal, scale, mask):
+        r = standard.standard_forward(q, k, v, sram=SRAM, causal=causal, scale=scale, mask=mask)
+        return r.o, r.lse
+
+    assert check_attention(fn, capabilities=CAP, max_examples=EXAMPLES, name="standard_forward").passed
+
+
+def test_sparse_forward_conforms():
+    """The sparse kernel takes IndexSet objects (random ones and refattn.patterns' builders)."""
+    sparse = pytest.importorskip("refattn.kernels.sparse")
+
+    def fn(q, k, v, *, causal, scale, mask):
+        if mask is None:  # no mask: every key block, as an index set
+            mask = IndexSet.dense(q.shape[-2], k.shape[-2], block=3, causal=False)
+        r = sparse.sparse_forward(q, k, v, mask, sram=SRAM, causal=causal, scale=scale)
+        return r.o, r.lse
+
+    cap = Capabilities(dtypes=("float32",), max_n=20, max_d=8, masks=("index_set",), index_set_objects=True)
+    report = check_attention(fn, capabilities=cap, max_examples=EXAMPLES, name="sparse_forward")
+    assert report.passed and report.coverage["index_set"] > 0
