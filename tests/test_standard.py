@@ -200,9 +200,13 @@ def test_trace_and_stop_after_agree_with_the_full_run(M):
     # S in HBM is complete once pass F1 is over.
     s_done = mid.state["hbm"]["S"][0]
     np.testing.assert_allclose(s_done, (q @ k.T) / np.sqrt(3), atol=1e-12)
-    assert not standard_forward(q, k, v, sram=M, stop_after=full.n_steps + 5).stopped
+    assert full.plan["n_steps"] == full.n_steps
+    assert standard_forward(q, k, v, sram=M, stop_after=full.n_steps).stopped  # the last step stops too
+    with pytest.raises(ValueError, match="stop_after must be between 1 and the number of steps"):
+        standard_forward(q, k, v, sram=M, stop_after=full.n_steps + 1)
 
     b = standard_backward(q, k, v, full.o, do, sram=M, trace=True)
     assert b.trace.traffic_until(b.n_steps - 1) == b.traffic
+    assert b.plan["n_steps"] == b.n_steps
     part = standard_backward(q, k, v, full.o, do, sram=M, stop_after=1)
-    assert part.stopped and part.state["pass"] == "B1 dV=P^T dO"
+    assert part.stopped and part.state["pass"] == "B1 dV=P^T dO" and part.trace is not None

@@ -104,5 +104,5 @@ def test_kernels_refuse_bad_sram_and_stop_after():
         standard_forward(q32, k32, v32, sram=1.5)
     with pytest.raises(ValueError, match="unknown chip preset"):
         standard_forward(q32, k32, v32, sram="tpu9")
-    with pytest.raises(ValueError, match="stop_after must be a positive number of steps"):
+    with pytest.raises(ValueError, match="stop_after must be"):
         standard_forward(q32, k32, v32, sram=4096, stop_after=0)

@@ -56,8 +56,10 @@ B3 is elementwise once D is known, so it reads P and dP once either way.
 Steps: one step per tile of each pass (F1, F3, B1, B2, B4, B5: one per
 R x C tile; F2 and B3: one per row block when rows fit, else one per chunk
 of each sweep). Heads run one after another, each through all its passes.
-``stop_after=k`` stops after step k: ``state`` names the pass, head and tile,
-holds the pass's on-chip accumulator and the HBM arrays as they stand.
+``stop_after=k`` (1 <= k <= ``plan["n_steps"]``, as for the flash kernels)
+stops after step k: ``state`` names the pass, head and tile, holds the
+pass's on-chip accumulator and the HBM arrays as they stand; the trace is
+then always recorded.
 
 HBM traffic closed form (elements, per head; ``Tx = ceil(n_outer / R)`` of pass x)::
 
@@ -437,10 +439,25 @@ def _run_p(p, plan, sram, stop_after=None, trace=False, upto=3):
         stopped[0] = _forward(mem, p.q, p.k, p.v, p.mask, p.has_mask, scale_t, causal_on, offset, packed,
                               s_hbm, p_hbm, o, lse, acc, info, upto)
 
-    steps = p.batch * (_steps_matmul(p.nq, p.nk, plan["F1"]) + _steps_softmax(p.nq, p.nk, plan["F2"])
-                       + _steps_matmul(p.nq, p.nk, plan["F3"]))
+    steps = _forward_steps(p, plan)
     mem = run_with_trace(call, sram, trace=trace, trace_estimate=6 * steps + 16, stop_after=stop_after)
     return mem, (s_hbm, p_hbm, o, lse, acc), info, stopped[0]
+
+
+def _forward_steps(p, plan):
+    return p.batch * (_steps_matmul(p.nq, p.nk, plan["F1"]) + _steps_softmax(p.nq, p.nk, plan["F2"])
+                      + _steps_matmul(p.nq, p.nk, plan["F3"]))
+
+
+def _check_stop_after(stop_after, n_steps, where):
+    """As for the flash kernels: an integer in [1, n_steps], or None."""
+    if stop_after is None:
+        return
+    if isinstance(stop_after, bool) or not isinstance(stop_after, (int, np.integer)):
+        raise ValueError(f"{where}: stop_after must be an integer number of steps, got {stop_after!r}")
+    if not 1 <= stop_after <= n_steps:
+        raise ValueError(f"{where}: stop_after must be between 1 and the number of steps ({n_steps}), "
+                         f"got {stop_after}")
 
 
 def standard_forward(q, k, v, *, sram, causal=False, scale=None, mask=None, trace=False,
@@ -458,11 +475,14 @@ def standard_forward(q, k, v, *, sram, causal=False, scale=None, mask=None, trac
     p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where="standard_forward")
     sram = memory.as_sram(sram)
     plan = plan_forward(p.nq, p.nk, p.d, p.dv, sram.capacity, p.has_mask)
-    mem, (s_hbm, p_hbm, o, lse, acc), info, stopped = _run_p(p, plan, sram, stop_after, trace)
+    n_steps = _forward_steps(p, plan)
+    _check_stop_after(stop_after, n_steps, "standard_forward")
+    traced = bool(trace) or stop_after is not None  # a stopped run always comes with its trace
+    mem, (s_hbm, p_hbm, o, lse, acc), info, stopped = _run_p(p, plan, sram, stop_after, traced)
     state = None
     if stopped:
         state = _state(FORWARD_PASSES, info, acc, mem, {"S": s_hbm, "P": p_hbm, "O": o, "L": lse})
-    out_plan = dict(plan, softmax="whole rows" if plan["F2"][1] == p.nk else "two sweeps per row")
+    out_plan = dict(plan, softmax="whole rows" if plan["F2"][1] == p.nk else "two sweeps per row", n_steps=n_steps)
     return finish(mem, sram, {"o": p.restore(o), "lse": p.restore(lse)}, plan=out_plan,
                   slot_names=SLOT_NAMES, state=state)
 
@@ -514,13 +534,15 @@ def standard_backward(q, k, v, o, do, *, sram, causal=False, scale=None, mask=No
     steps = p.batch * (_steps_matmul(p.nk, p.nq, plan["B1"]) + _steps_matmul(p.nq, p.nk, plan["B2"])
                        + _steps_matmul(p.nq, p.nk, plan["B3"]) + _steps_matmul(p.nq, p.nk, plan["B4"])
                        + _steps_matmul(p.nk, p.nq, plan["B5"]))
-    mem = run_with_trace(call, sram, trace=trace, trace_estimate=6 * steps + 16, stop_after=stop_after)
+    _check_stop_after(stop_after, steps, "standard_backward")
+    traced = bool(trace) or stop_after is not None
+    mem = run_with_trace(call, sram, trace=traced, trace_estimate=6 * steps + 16, stop_after=stop_after)
     state = None
     if stopped:
         state = _state(BACKWARD_PASSES, info, acc, mem,
                        {"P": p_hbm, "dP": dp_hbm, "D": d_hbm, "dS": ds_hbm, "dQ": dq, "dK": dk, "dV": dv})
     return finish(mem, sram, {"dq": p.restore(dq), "dk": p.restore(dk), "dv": p.restore(dv)},
-                  plan=plan, slot_names=SLOT_NAMES, state=state)
+                  plan=dict(plan, n_steps=steps), slot_names=SLOT_NAMES, state=state)
 
 
 def _state(names, info, acc, mem, hbm):
