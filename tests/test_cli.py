@@ -48,3 +48,18 @@ def test_unknown_lesson_number(capsys):
 def test_missing_subcommand_is_an_error():
     with pytest.raises(SystemExit):
         cli.main([])
+
+
+def test_check_reports_a_wrong_kernel(monkeypatch, capsys):
+    import refattn
+    from refattn.kernels import standard
+
+    def off_by_a_bit(*args, **kwargs):
+        r = standard.standard_forward(*args, **kwargs)
+        r.outputs["o"] = r.outputs["o"] + 1e-2
+        return r
+
+    monkeypatch.setattr(refattn, "standard_forward", off_by_a_bit, raising=False)
+    assert cli.main(["check", "--quick"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "check(s) failed" in out
