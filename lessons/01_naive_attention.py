@@ -47,7 +47,8 @@ for n in (1_024, 4_096, 16_384, 65_536, 131_072):
     sizes[n] = 2 * n * n
     print(f"    {n:>8} {sizes[n] / 2**20:>15.0f} MiB {4 * n * d * 2 / 2**20:>15.1f} MiB")
 c.claim(sizes[131_072] / sizes[65_536] == 4, "doubling N makes S and P four times larger (quadratic)")
-c.claim(sizes[131_072] >= 32 * 2**30, "at N = 128k one score matrix of ONE head is 32 GiB, and a model has dozens of heads per layer")
+c.claim(sizes[131_072] >= 32 * 2**30,
+        "at N = 128k one score matrix of ONE head is 32 GiB, and a model has dozens of heads per layer")
 c.say("""The inputs grow only linearly (N d), the scores quadratically (N^2). Keeping S and P is the
 cost that FlashAttention (lesson 3) removes.""")
 

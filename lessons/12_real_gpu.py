@@ -24,7 +24,7 @@ c.intro(__doc__, "IO complexity")
 
 try:
     import torch
-    import triton
+    import triton  # noqa: F401  (needed by gpu_optional)
 except ImportError as exc:
     c.skip(12, f"needs torch and triton ({exc.name} is not installed); install the [gpu] extra on a CUDA machine")
 if not torch.cuda.is_available():
