@@ -107,12 +107,28 @@ import numpy as np
 from refattn import memory
 from refattn.kernels.common import finish, prepare, run_with_trace
 from refattn.memory import (
+    T_K,
+    T_L,
+    T_LSUM,
+    T_M,
+    T_MASK,
+    T_O,
+    T_P,
+    T_Q,
+    T_S,
+    T_V,
     Mem,
-    T_K, T_L, T_LSUM, T_M, T_MASK, T_O, T_P, T_Q, T_S, T_V,
-    count_flops, end_step, free, hold, load, set_head, skip, store,
+    count_flops,
+    end_step,
+    free,
+    hold,
+    load,
+    set_head,
+    skip,
+    store,
 )
 
-__all__ = ["flash_forward", "flash_backward", "SLOTS", "plan_blocks", "VARIANTS"]
+__all__ = ["flash_forward", "flash_backward", "SLOTS", "plan_blocks", "VARIANTS"]  # noqa: F822 (lazy re-export)
 
 VARIANTS = ("fa1", "fa2")
 SLOTS = ("Q_i", "K_j", "V_j", "S_ij", "O_i", "m_i", "l_i", "mask_ij")

@@ -62,11 +62,37 @@ import numpy as np
 from refattn import memory
 from refattn.kernels.common import finish, prepare, run_with_trace
 from refattn.kernels.flash import (
-    CAUSAL_CODE, _check_stop_after, _free_all, plan_blocks, scores, set_info, visibility,
+    CAUSAL_CODE,
+    _check_stop_after,
+    _free_all,
+    plan_blocks,
+    scores,
+    set_info,
+    visibility,
 )
 from refattn.memory import (
-    T_D, T_DK, T_DO, T_DP, T_DQ, T_DS, T_DV, T_K, T_L, T_MASK, T_O, T_P, T_Q, T_S, T_V,
-    count_flops, end_step, hold, load, set_head, skip, store,
+    T_D,
+    T_DK,
+    T_DO,
+    T_DP,
+    T_DQ,
+    T_DS,
+    T_DV,
+    T_K,
+    T_L,
+    T_MASK,
+    T_O,
+    T_P,
+    T_Q,
+    T_S,
+    T_V,
+    count_flops,
+    end_step,
+    hold,
+    load,
+    set_head,
+    skip,
+    store,
 )
 
 __all__ = ["flash_backward", "BACKWARD_SLOTS", "backward_footprint"]
@@ -251,7 +277,8 @@ def _flat_grad_input(name, x, shape, dt, where, *, allow_neginf):
     bad = np.isnan(x) | (np.isinf(x) if not allow_neginf else (x == np.inf))
     if bad.any():
         what = "NaN or +Inf" if allow_neginf else "NaN or Inf"
-        raise ValueError(f"{where}: {name} contains {what} (first at index {tuple(int(i) for i in np.argwhere(bad)[0])})")
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{where}: {name} contains {what} (first at index {first})")
     x = np.ascontiguousarray(x, dtype=dt)
     return x.reshape((-1, shape[-1])) if allow_neginf else x.reshape((-1,) + shape[-2:])
 
