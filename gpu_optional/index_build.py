@@ -69,13 +69,13 @@ def vertical_slash_estimate(q, k, *, last_q=64, scale=None):
     e = torch.exp(s - mx)
     tot = e.sum(dim=2, keepdim=True)
     est = torch.where(tot > 0, e / torch.where(tot > 0, tot, torch.ones_like(tot)), torch.zeros_like(e))
-    vertical = est.double().sum(dim=1)                                     # (Z, Nk)
+    vertical = est.sum(dim=1, dtype=torch.float64)                         # (Z, Nk)
     # slash[delta] = sum_r est[r, qi[r] - delta]: gather each row along its diagonal
     delta = torch.arange(nk, device=dev)
     col = qi[:, None] - delta[None, :]                                     # (L, Nk)
     ok = col >= 0
     g = torch.gather(est, 2, col.clamp(min=0).expand(z, L, nk))
-    slash = torch.where(ok[None], g, torch.zeros_like(g)).double().sum(dim=1)
+    slash = torch.where(ok[None], g, 0.0).sum(dim=1, dtype=torch.float64)
     return est, vertical, slash
 
 
