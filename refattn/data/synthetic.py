@@ -7,7 +7,8 @@ key j is a sum of planted terms plus small noise::
 
     logit(i, j) = scale * q_i . k_j = sum over components of its term + noise
 
-Components (logit sizes are chosen so the planted keys carry most of the mass):
+Components (logit sizes are chosen so the planted keys carry most of the mass).
+Dims: 0 sink, 1 retrieval, 4..d-17 local band or topics, the last 16 noise.
 
 * **sink**: keys ``0 .. n_sink-1`` get logit ``L_sink`` from every query
   (attention sinks / the first tokens).
@@ -96,6 +97,7 @@ def structured_qkv(n, d=64, heads=3, *, seed=0, kinds=KINDS, dtype=np.float32, n
         q[h, :, d - 16:] += nz * rng.standard_normal((n, 16))
         k[h, :, d - 16:] += nz * rng.standard_normal((n, 16))
         ones = np.ones(n)
+        n_ar = d - 20  # local-band dims: 4..d-17 (more dims, less far-field logit noise)
         if kind == "vertical_slash":
             sink = np.zeros(n)
             sink[:4] = 1
@@ -105,9 +107,9 @@ def structured_qkv(n, d=64, heads=3, *, seed=0, kinds=KINDS, dtype=np.float32, n
             col = np.zeros(n)
             col[ret] = 1
             put(h, 1, ones, col, 9.0)
-            x = _ar1(n, 12, 8.0, rng) / np.sqrt(12)
-            for c in range(12):
-                put(h, 4 + c, x[:, c], x[:, c], 7.0)
+            x = _ar1(n, n_ar, 8.0, rng) / np.sqrt(n_ar)
+            for c in range(n_ar):
+                put(h, 4 + c, x[:, c], x[:, c], 6.0)
             info.update(sinks=list(range(4)), retrieval=ret.tolist(), local_width=8)
         elif kind == "a_shape":
             n_sink = max(16, n // 32)
@@ -115,9 +117,9 @@ def structured_qkv(n, d=64, heads=3, *, seed=0, kinds=KINDS, dtype=np.float32, n
             sink[:n_sink] = 1
             put(h, 0, ones, sink, 5.0)
             width = max(16.0, n / 24)
-            x = _ar1(n, 12, width, rng) / np.sqrt(12)
+            x = _ar1(n, n_ar, width, rng) / np.sqrt(n_ar)
             x[1::2] *= -1  # alternate the sign token to token (like a high RoPE frequency)
-            for c in range(12):
+            for c in range(n_ar):
                 put(h, 4 + c, x[:, c], x[:, c], 5.0)
             info.update(sinks=list(range(n_sink)), local_width=int(width))
         else:  # block_sparse

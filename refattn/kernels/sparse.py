@@ -179,7 +179,7 @@ def _query_block(mem, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, o
         else:
             memory.load(mem, memory.T_K, SLOT_K, k0, k1, 0, d)
             memory.load(mem, memory.T_V, SLOT_V, k0, k1, 0, dv)
-            kt[:w] = k[h, k0:k1]
+            kt[:w] = k[h, k0:k1]  # contiguous rows: one block copy each
             vt[:w] = v[h, k0:k1]
             for j in range(w):
                 cols[j] = k0 + j
@@ -209,8 +209,10 @@ def _query_block(mem, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, o
             else:
                 memory.load_more(mem, memory.T_K, SLOT_K, c, c + 1, 0, d)
                 memory.load_more(mem, memory.T_V, SLOT_V, c, c + 1, 0, dv)
-            kt[g] = k[h, c]
-            vt[g] = v[h, c]
+            for x in range(d):  # gather one key row and one value row (explicit loops: no temporaries)
+                kt[g, x] = k[h, c, x]
+            for x in range(dv):
+                vt[g, x] = v[h, c, x]
             cols[g] = c
             g += 1
         if g > 0:
