@@ -55,12 +55,16 @@ c.show("vertical score of the planted columns", np.round(vs[planted], 2))
 c.show("median vertical score of all columns", f"{median:.4f}")
 c.claim(set(planted) <= set(res.columns.tolist()), "all 8 planted retrieval columns are among the 64 chosen columns")
 c.claim(min(vs[planted]) > 100 * median, "each planted column scores over 100x the median column")
-top_diag = np.argsort(-res.slash_scores)[:8]
-c.show("best-scoring diagonal offsets", top_diag)
-c.claim(top_diag[0] == 0, "the best diagonal is offset 0 (each query's own key, the centre of the planted band)")
-c.say("""The other high offsets are not planted diagonals: a strong column crosses the 64 estimated rows
-on 64 neighbouring diagonals and lends them its mass (offsets near 2020 are the sinks, seen from the
-last rows). Such diagonals are cheap to keep, and the forced nearest 100 offsets cover the band.""")
+ss = res.slash_scores
+top_diag = np.argsort(-ss)[:8]
+c.show("slash scores of offsets 0-7 (the planted band)", np.round(ss[:8], 3))
+c.show("median slash score of all offsets", f"{np.median(ss):.5f}")
+c.claim(min(ss[:8]) > 10 * np.median(ss), "each diagonal of the planted band scores over 10x the median diagonal")
+c.show("the 8 best-scoring offsets", top_diag)
+c.say(f"""The best offsets need not be the band: a strong column crosses the 64 estimated rows on 64
+neighbouring diagonals and lends them its mass (the sinks, seen from the last rows, sit at offsets about
+{n - 64}..{n - 1}). Keeping such diagonals is cheap, and the forced nearest 100 offsets cover the band
+anyway.""")
 
 # ---------------------------------------------------------------------------
 c.say("""Step 2. Recall against density as the sizes grow (refattn.patterns.metrics.recall, float64

@@ -29,8 +29,18 @@ import numpy as np
 from refattn.data.vit import load_deit_tiny_mask, vit_like_qkv
 from refattn.pe_array import simulate_gemm
 from refattn.reference import attention, attention_probs
-from refattn.vitcod import (average_maps, cutoff_for_density, dense_baseline, density, fixed_mask, mask_recall,
-                            simulate_layer, split_attention, split_mask, unsplit_sparse_baseline)
+from refattn.vitcod import (
+    average_maps,
+    cutoff_for_density,
+    dense_baseline,
+    density,
+    fixed_mask,
+    mask_recall,
+    simulate_layer,
+    split_attention,
+    split_mask,
+    unsplit_sparse_baseline,
+)
 
 c.intro(__doc__, "ViTCoD")
 
