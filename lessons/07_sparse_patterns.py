@@ -110,7 +110,8 @@ for h in range(3):
             f"recall ({min(dens):.3f}, i.e. {1 - min(dens):.0%} of the visible scores skipped)")
 c.say("""No one pattern fits every head: the VS set misses head 2's topic blocks, head 1's band
 alternates in sign token to token (the data is built that way), so BS's block averages cancel it,
-and the A-shape cannot reach the retrieval columns of head 0 without covering nearly everything. Lesson 9 picks per head.""")
+and the A-shape cannot reach the retrieval columns of head 0 without covering nearly everything.
+Lesson 9 picks per head.""")
 
 # ---------------------------------------------------------------------------
 c.say("""Step 4. Real attention. refattn.data.real runs the pretrained all-MiniLM-L6-v2 sentence

@@ -29,6 +29,7 @@ import numpy as np
 from refattn.data.synthetic import structured_qkv
 from refattn.patterns import vertical_slash
 from refattn.patterns.metrics import recall
+from refattn.reference import attention_probs
 
 c.intro(__doc__, "MInference")
 
@@ -77,8 +78,8 @@ for vsize, ssize in ((30, 50), (64, 64), (128, 128), (256, 256), (512, 512)):
     found = int(np.isin(planted, r.columns).sum())
     rows.append((r.index_set.density(), recall(q, k, r.index_set), set(r.columns.tolist()), found))
     print(f"    {vsize:>14} {ssize:>11} {rows[-1][0]:>8.3f} {rows[-1][1]:>7.3f}  {found} of {len(planted)}")
-c.say("""With vertical_size = 30 every column slot is taken by the 30 forced sink columns, so no
-retrieval column fits and recall stays near 0.8. From 64 columns on, the planted ones are in and
+c.say(f"""With vertical_size = 30 every column slot is taken by the 30 forced sink columns, so no
+retrieval column fits and recall stays at {rows[0][1]:.2f}. From 64 columns on, the planted ones are in and
 recall passes 0.95 at an eighth of the scores. Past that, density climbs fast (more diagonals mean more
 tiles) for little extra recall.""")
 c.claim(rows[0][3] == 0 and rows[1][3] == len(planted), "30 columns find no retrieval column; 64 find all of them")
@@ -97,8 +98,18 @@ dyn_res = vertical_slash(q2, k2, 64, 64)
 dynamic = recall(q2, k2, dyn_res.index_set)
 c.show("recall on prompt 2, static (prompt 1's index)", f"{static:.3f} at density {res.index_set.density():.3f}")
 c.show("recall on prompt 2, dynamic (its own index)", f"{dynamic:.3f} at density {dyn_res.index_set.density():.3f}")
-c.claim(dynamic >= 0.95 and static < dynamic - 0.15,
-        "the static index loses over 15 points of recall on a new prompt; the dynamic one keeps >= 95 %")
+c.claim(dynamic >= 0.95 and static < dynamic - 0.05,
+        "the static index loses recall on a new prompt (over 5 points); the dynamic one keeps >= 95 %")
+ret2 = desc2[0]["retrieval"]
+p2 = attention_probs(q2, k2, causal=True)[0]  # float64 (N, N), prompt 2
+on_ret = p2[:, ret2].sum(axis=1).mean()  # mass per row on prompt 2's retrieval columns
+kept_static = (p2 * res.index_set.to_mask())[:, ret2].sum(axis=1).mean() / on_ret
+kept_dynamic = (p2 * dyn_res.index_set.to_mask())[:, ret2].sum(axis=1).mean() / on_ret
+c.show("prompt 2: attention mass per row on its 8 retrieval columns", f"{on_ret:.3f}")
+c.show("share of that mass kept, static / dynamic", f"{kept_static:.3f} / {kept_dynamic:.3f}")
+c.claim(kept_static < 0.3 and kept_dynamic > 0.95,
+        "the static index keeps under 30 % of the retrieval mass (only where its tiles happen to cover a column); "
+        "the dynamic one keeps over 95 %")
 c.say("""The sinks and the local band are the same in both prompts, so the static set still keeps
 those; what it loses is exactly the retrieval columns, the information a long-context question
 needs. MInference reports the same on LLaMA-3 at 128k tokens: the top 4k columns of a prompt keep
