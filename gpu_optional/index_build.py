@@ -63,12 +63,19 @@ def vertical_slash_estimate(q, k, *, last_q=64, scale=None):
     qi = torch.arange(nq - L, nq, device=dev) + off                        # (L,) last visible key per row
     j = torch.arange(nk, device=dev)
     s = scale * torch.matmul(q3[:, -L:].float(), k3.float().transpose(1, 2))  # (Z, L, Nk) float32
-    s = s.masked_fill(j[None, None, :] > qi[None, :, None], float("-inf"))
-    mx = s.amax(dim=2, keepdim=True)
-    mx = torch.where(torch.isneginf(mx), torch.zeros_like(mx), mx)
-    e = torch.exp(s - mx)
-    tot = e.sum(dim=2, keepdim=True)
-    est = torch.where(tot > 0, e / torch.where(tot > 0, tot, torch.ones_like(tot)), torch.zeros_like(e))
+    if nk >= L:
+        # every estimated row sees key 0; the causal cut lies in the last L columns: mask only those,
+        # then one fused softmax
+        tail = s[:, :, nk - L:]
+        tail.masked_fill_(j[None, None, nk - L:] > qi[None, :, None], float("-inf"))
+        est = torch.softmax(s, dim=2)
+    else:  # some rows see no key at all: the safe shift (0 for an all -inf row) and 0 output
+        s = s.masked_fill(j[None, None, :] > qi[None, :, None], float("-inf"))
+        mx = s.amax(dim=2, keepdim=True)
+        mx = torch.where(torch.isneginf(mx), torch.zeros_like(mx), mx)
+        e = torch.exp(s - mx)
+        tot = e.sum(dim=2, keepdim=True)
+        est = torch.where(tot > 0, e / torch.where(tot > 0, tot, torch.ones_like(tot)), torch.zeros_like(e))
     vertical = est.sum(dim=1, dtype=torch.float64)                         # (Z, Nk)
     # slash[delta] = sum_r est[r, qi[r] - delta]: gather each row along its diagonal
     delta = torch.arange(nk, device=dev)
