@@ -20,9 +20,10 @@ asked for what it does not claim):
   on the problem's q, k); ``fully_masked_rows``
   (a random mask with whole rows removed). Causal may also be combined with a
   boolean mask; bottom-right causal with ``Nq > Nk`` leaves rows fully masked.
-* **values** (``values``): ``normal`` N(0, 1); ``large_logits`` (q, k scaled so
-  logits reach the hundreds, past float32's exp overflow at 88 when scaled
-  up); ``outliers`` (FlashAttention-3's protocol: N(0, 1) plus N(0, 100), i.e.
+* **values** (``values``, stresses joined by ``+``; each drawn on its own,
+  so they combine): ``normal`` N(0, 1) alone; ``large_logits`` (q, k scaled so
+  the largest |logit| is 100 or 1000: past exp's overflow at 88 in float32 and
+  709 in float64 unless the row max is subtracted); ``outliers`` (FlashAttention-3's protocol: N(0, 1) plus N(0, 100), i.e.
   standard deviation 10, with probability 0.001, and at least one outlier per
   tensor so small problems see it); ``ties`` (integer q, k: equal scores);
   ``near_constant`` (keys equal up to 1e-3 noise: near-flat softmax rows).
@@ -69,12 +70,14 @@ class Capabilities:
     * ``lse``: the function returns ``(o, lse)`` (natural log), not just ``o``.
     * ``backward``: gradients are checked (needs a backward function).
     * ``fully_masked_rows``: ``"zero"`` (refattn's: o = 0, lse = -inf),
-      ``"nan"`` (the kernel claims NaN there; such rows are not compared) or
+      ``"nan"`` (the kernel claims NaN there; such rows are not compared, and
+      gradients are checked only on problems without them) or
       ``"unsupported"`` (no problem has a fully masked row).
     * ``scale``: the kernel honours a ``scale`` argument (else always None).
     * ``min_n``, ``max_n``, ``max_d``: size range; ``max_lead``: leading dims
       (0, 1 or 2); ``nq_ne_nk``, ``dv_ne_d``: whether those may differ.
-    * ``values``: value distributions to draw (of :data:`VALUE_KINDS`).
+    * ``values``: value stresses that may be drawn (of :data:`VALUE_KINDS`;
+      leave out ``normal`` to always have at least one stress).
     """
 
     dtypes: tuple = ("float32", "float64")
@@ -228,20 +231,18 @@ def leading_dims(max_lead=2):
     return st.lists(st.integers(1, 3), min_size=0, max_size=max_lead).map(tuple)
 
 
-def _values(rng, kind, shape, role):
-    """float64 values of one tensor (``role`` in q, k, v, do)."""
+def _values(rng, kinds, shape, role):
+    """float64 values of one tensor (``role`` in q, k, v, do) with the stresses in ``kinds``."""
     x = rng.standard_normal(shape)
-    if kind == "large_logits" and role in ("q", "k"):
-        x *= rng.choice([4.0, 10.0, 30.0])
-    elif kind == "outliers":
+    if "ties" in kinds and role in ("q", "k"):
+        x = rng.integers(-1, 2, shape).astype(np.float64)
+    if "near_constant" in kinds and role == "k":
+        row = rng.standard_normal(shape[-1:])
+        x = np.broadcast_to(row, shape) + 1e-3 * rng.standard_normal(shape)
+    if "outliers" in kinds:
         hit = rng.random(shape) < 0.001
         hit.flat[rng.integers(x.size)] = True  # at least one per tensor
         x = x + hit * rng.normal(0.0, 10.0, shape)
-    elif kind == "ties" and role in ("q", "k"):
-        x = rng.integers(-1, 2, shape).astype(np.float64)
-    elif kind == "near_constant" and role == "k":
-        row = rng.standard_normal(shape[-1:])
-        x = np.broadcast_to(row, shape) + 1e-3 * x
     return x
 
 
@@ -311,7 +312,11 @@ def problems(draw, capabilities: Capabilities | None = None):
     dv = draw(head_dims(cap.max_d)) if cap.dv_ne_d else d
     kinds = ["none"] + (["causal"] if cap.causal else []) + list(cap.masks)
     mask_kind = draw(st.sampled_from(kinds))
-    values = draw(st.sampled_from(cap.values))
+    # Each stress is drawn on its own (a boolean each), so they combine and each shows up often.
+    stresses = [kind for kind in cap.values if kind != "normal" and draw(st.booleans())]
+    if not stresses and "normal" not in cap.values:
+        stresses = [draw(st.sampled_from([x for x in cap.values if x != "normal"]))]
+    values = "+".join(stresses) or "normal"
     scale = draw(st.sampled_from([None, 0.3, 2.0])) if cap.scale else None
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
@@ -339,8 +344,14 @@ def problems(draw, capabilities: Capabilities | None = None):
     if no_empty and mask is not None and mask_kind != "index_set":
         mask = _repair_rows(mask, nq, nk, causal)
 
-    q = cast(_values(rng, values, lead + (nq, d), "q"), dtype)
-    k = cast(_values(rng, values, lead + (nk, d), "k"), dtype)
+    q = _values(rng, values, lead + (nq, d), "q")
+    k = _values(rng, values, lead + (nk, d), "k")
+    if "large_logits" in stresses:  # scale q and k so that max |logit| is exactly the target
+        target = float(rng.choice([100.0, 1000.0]))
+        s_max = np.max(np.abs(np.einsum("...id,...jd->...ij", q, k))) * (scale or 1.0 / np.sqrt(d))
+        if s_max > 1e-2:  # (all-zero logits, e.g. ties of zeros, cannot be scaled up)
+            q, k = (x * np.sqrt(target / s_max) for x in (q, k))
+    q, k = cast(q, dtype), cast(k, dtype)
     v = cast(_values(rng, values, lead + (nk, dv), "v"), dtype)
     do = cast(_values(rng, values, lead + (nq, dv), "do"), dtype)
     notes = []

@@ -73,3 +73,4 @@ BUGS = ("no_max_subtraction", "inverted_rescale", "causal_off_by_one", "nan_on_m
         "drop_last_partial_block")
 BROKEN = {bug: _broken(bug) for bug in BUGS}
 no_max_subtraction = BROKEN["no_max_subtraction"]
+nan_on_masked_rows = BROKEN["nan_on_masked_rows"]

@@ -42,7 +42,7 @@ def test_planted_bug_is_caught_with_a_minimal_example(bug):
     assert report.failure.kind == "mismatch" and report.failure.output in ("o", "lse")
     assert "query row" in text and "out of tolerance" in text
     if bug == "no_max_subtraction":
-        assert p.values in ("large_logits", "outliers")  # only big logits overflow exp
+        assert "large_logits" in p.values or "outliers" in p.values  # only big logits overflow exp
     elif bug == "causal_off_by_one":
         assert p.causal is not None and "causal" in text
         assert p.nq <= 2 and p.nk <= 2  # shrunk to the smallest causal case
