@@ -21,7 +21,8 @@ Two ideas make the search fair:
 For each head, every candidate's index set is built on that head's own Q and
 K, the sparse kernel runs it, and the candidate with the smallest output error
 against dense attention wins (error = ||O_sparse - O_dense|| / ||O_dense||,
-Frobenius norms). Finally refattn.minference_forward applies the configuration
+Frobenius norms:
+the square root of the sum of squared entries). Finally refattn.minference_forward applies the configuration
 to all heads in one sparse kernel call.
 """
 

@@ -20,7 +20,8 @@ its masks are *fixed*:
 
 Both engines are built from MAC lines (8 multiply-accumulate units each); the
 cycle counts below come from refattn's PE-array model (refattn.pe_array), a
-grid of processing elements (PEs) through which operands flow in steps.
+grid of processing elements (PEs) through which operands flow in steps (a
+*systolic array*).
 """
 
 import _course as c
