@@ -80,8 +80,8 @@ def _flops(b, h, n, d, causal):
 def dense(quick):
     from gpu_optional.flash import flash_attention, flash_backward, flash_forward
 
-    t = Table(f"gpu dense attention ({str(DT).split('.')[-1]})", ["impl", "pass", "N", "d", "causal", "B", "H", "ms", "TFLOP/s",
-                                              "x best SDPA", "rel err"])
+    t = Table(f"gpu dense attention ({str(DT).split('.')[-1]})",
+              ["impl", "pass", "N", "d", "causal", "B", "H", "ms", "TFLOP/s", "x best SDPA", "rel err"])
     ns = [8192, 2048] if quick else [8192, 1024, 2048, 4096, 16384, 32768]   # 8192 first: the autotuner tunes there
     ds = [128] if quick else [128, 64]
     if SMOKE:
@@ -100,10 +100,10 @@ def dense(quick):
                 for name, fn in impls.items():
                     try:
                         if fn is None:
-                            f_fwd = lambda: flash_forward(q, k, v, causal=causal, check_finite=False)
+                            f_fwd = lambda q=q, k=k, v=v, c=causal: flash_forward(q, k, v, causal=c, check_finite=False)
                             o = f_fwd()[0]
                         else:
-                            f_fwd = lambda fn=fn: fn(q, k, v, causal)
+                            f_fwd = lambda fn=fn, q=q, k=k, v=v, c=causal: fn(q, k, v, c)
                             o = f_fwd()
                         err = _rel(o[0, 0, -R:], ro)
                         ms = _bench(f_fwd)
@@ -111,10 +111,12 @@ def dense(quick):
                         qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
                         if fn is None:
                             o2, lse = flash_forward(q, k, v, causal=causal, check_finite=False)
-                            f_bwd = lambda: flash_backward(q, k, v, o2, lse, do, causal=causal)
+                            f_bwd = lambda q=q, k=k, v=v, o2=o2, lse=lse, do=do, c=causal: flash_backward(
+                                q, k, v, o2, lse, do, causal=c)
                         else:
                             o2 = fn(qg, kg, vg, causal)
-                            f_bwd = lambda o2=o2: torch.autograd.grad(o2, (qg, kg, vg), do, retain_graph=True)
+                            f_bwd = lambda o2=o2, ins=(qg, kg, vg), do=do: torch.autograd.grad(
+                                o2, ins, do, retain_graph=True)
                         ms = _bench(f_bwd)
                         res[(name, "bwd")] = (ms, float("nan"))
                         del o2
@@ -213,14 +215,14 @@ def sparse(quick):
     for n, sizes in cases:
         gen = torch.Generator(device=DEV).manual_seed(n)
         q, k, v = (torch.randn((1, h, n, d), generator=gen, device=DEV, dtype=DT) for _ in range(3))
-        dense_ms = _bench(lambda: flash_forward(q, k, v, causal=True, check_finite=False))
+        dense_ms = _bench(lambda q=q, k=k, v=v: flash_forward(q, k, v, causal=True, check_finite=False))
         R = min(128, n)
         ro_dense, _ = attention(_np(q[0, 0, -R:]), _np(k[0, 0]), _np(v[0, 0]), causal=True)
         od = flash_forward(q, k, v, causal=True, check_finite=False)[0]
         t.add("dense triton", n, h, "-", "-", 1.0, round(dense_ms, 3), 1.0, _rel(od[0, 0, -R:], ro_dense))
         del od
         for vs, ss in sizes:
-            build = lambda: vertical_slash_index(q, k, vs, ss, block=64)
+            build = lambda q=q, k=k, vs=vs, ss=ss: vertical_slash_index(q, k, vs, ss, block=64)
             r = build()
             dev = r.index_set
             b = dev.block
@@ -238,7 +240,8 @@ def sparse(quick):
             o, _ = sparse_attention(q, k, v, dev, causal=True, check_finite=False)
             err = _rel(o[0, 0, -R:], ro)
             ms_build = _bench(build)
-            ms_kernel = _bench(lambda: sparse_attention(q, k, v, dev, causal=True, check_finite=False))
+            ms_kernel = _bench(lambda q=q, k=k, v=v, dev=dev: sparse_attention(q, k, v, dev, causal=True,
+                                                                                  check_finite=False))
             t.add("index build (gpu)", n, h, vs, ss, round(density, 4), round(ms_build, 3), "-", "-")
             t.add("sparse triton", n, h, vs, ss, round(density, 4), round(ms_kernel, 3),
                   round(dense_ms / ms_kernel, 2), err)
@@ -256,7 +259,7 @@ def sparse(quick):
                                       mask=fmask[-R:])
                     errf = _rel(of[0, 0, -R:], rf)
                     fdens = float(listed.sum()) * fb * fb / h / (n * (n + 1) / 2)
-                    ms_f = _bench(lambda: flex(q, k, v, block_mask=bm))
+                    ms_f = _bench(lambda q=q, k=k, v=v, bm=bm: flex(q, k, v, block_mask=bm))
                     t.add("flex BlockMask", n, h, vs, ss, round(fdens, 4), round(ms_f, 3),
                           round(dense_ms / ms_f, 2), errf)
                 except Exception as exc:
