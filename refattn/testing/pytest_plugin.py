@@ -10,6 +10,7 @@ then::
         attention_conformance(my_attention, capabilities=Capabilities(lse=False))
 
 ``--attention-max-examples N`` on the pytest command line changes the default budget.
+(Importing the fixture into a ``conftest.py`` also works; the option then keeps its default.)
 """
 
 import pytest
@@ -25,7 +26,7 @@ def pytest_addoption(parser):
 @pytest.fixture
 def attention_conformance(request):
     """``check(fn, **kwargs)``: :func:`refattn.testing.assert_conforms` with the command line's example budget."""
-    budget = request.config.getoption("--attention-max-examples")
+    budget = request.config.getoption("--attention-max-examples", default=DEFAULT_MAX_EXAMPLES)
 
     def check(fn, **kwargs):
         kwargs.setdefault("max_examples", budget)

@@ -23,9 +23,10 @@ asked for what it does not claim):
 * **values** (``values``, stresses joined by ``+``; each drawn on its own,
   so they combine): ``normal`` N(0, 1) alone; ``large_logits`` (q, k scaled so
   the largest |logit| is 100 or 1000: past exp's overflow at 88 in float32 and
-  709 in float64 unless the row max is subtracted); ``outliers`` (FlashAttention-3's protocol: N(0, 1) plus N(0, 100), i.e.
-  standard deviation 10, with probability 0.001, and at least one outlier per
-  tensor so small problems see it); ``ties`` (integer q, k: equal scores);
+  709 in float64 unless the row max is subtracted); ``outliers``
+  (FlashAttention-3's protocol: N(0, 1) plus N(0, 100), i.e. standard
+  deviation 10, with probability 0.001, and at least one outlier per tensor
+  so small problems see it); ``ties`` (integer q, k: equal scores);
   ``near_constant`` (keys equal up to 1e-3 noise: near-flat softmax rows).
 
 Values come from a NumPy generator seeded by a drawn integer: shrinking then
@@ -126,7 +127,7 @@ class Capabilities:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text_or_dict) -> "Capabilities":
+    def from_json(cls, text_or_dict) -> Capabilities:
         data = json.loads(text_or_dict) if isinstance(text_or_dict, str) else dict(text_or_dict)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)

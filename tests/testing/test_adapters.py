@@ -6,8 +6,15 @@ import importlib.util
 import numpy as np
 import pytest
 
-from refattn.testing import TORCH_SDPA_CAPABILITIES, Capabilities, ConformanceError, check_attention, from_jax, \
-    from_torch, torch_sdpa
+from refattn.testing import (
+    TORCH_SDPA_CAPABILITIES,
+    Capabilities,
+    ConformanceError,
+    check_attention,
+    from_jax,
+    from_torch,
+    torch_sdpa,
+)
 from tests.optional import require
 
 

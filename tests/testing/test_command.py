@@ -32,3 +32,14 @@ def test_conform_usage_errors(capsys):
     assert "missing" in capsys.readouterr().err
     assert main(["conform", "tests.testing.planted:good", "--capabilities", '{"flash": 1}']) == 2
     assert "unknown capabilities ['flash']" in capsys.readouterr().err
+
+
+def test_pytest_fixture(attention_conformance):
+    import pytest
+
+    from refattn.testing import ConformanceError
+    from tests.testing.planted import BROKEN, good
+
+    assert attention_conformance(good, max_examples=10).examples == 10
+    with pytest.raises(ConformanceError, match="FAIL tiled_attention\\[drop_last_partial_block\\]"):
+        attention_conformance(BROKEN["drop_last_partial_block"])

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import find, given, settings
+from hypothesis import given, settings
 
 from refattn.testing import Capabilities, problems
 from refattn.testing import tolerance as tol
@@ -64,7 +64,8 @@ def test_problems_stay_within_capabilities(p):
 
 
 AWKWARD = {
-    "Nq != Nk with odd d and dv != d": lambda p: p.nq != p.nk and p.q.shape[-1] % 2 == 1 and p.v.shape[-1] != p.q.shape[-1],
+    "Nq != Nk with odd d and dv != d":
+        lambda p: p.nq != p.nk and p.q.shape[-1] % 2 == 1 and p.v.shape[-1] != p.q.shape[-1],
     "two leading dims": lambda p: len(p.lead) == 2,
     "prime N above 10": lambda p: p.nk in (11, 13, 17, 19, 23),
     "N = 1": lambda p: p.nq == 1 and p.nk == 1,
@@ -75,7 +76,8 @@ AWKWARD = {
     "per-head random mask": lambda p: p.mask_kind in ("random", "fully_masked_rows") and p.mask.ndim > 2,
     "index set from a pattern": lambda p: p.index_set is not None and "random" not in p.notes[0],
     "causal and a mask together": lambda p: p.causal is not None and p.mask is not None,
-    "logits above 88 (float32 exp overflow)": lambda p: tol.logit_condition(p.q, p.k, 1 / math.sqrt(p.q.shape[-1])) > 88,
+    "logits above 88 (float32 exp overflow)":
+        lambda p: tol.logit_condition(p.q, p.k, p.scale or 1 / math.sqrt(p.q.shape[-1])) > 88,
     "an outlier": lambda p: "outliers" in p.values and np.abs(p.q).max() > 6,
     "exact ties": lambda p: "ties" in p.values and p.nk > 2,
     "near-constant rows": lambda p: "near_constant" in p.values and p.nk > 2,
