@@ -56,3 +56,38 @@ def test_sparse_forward_conforms():
     cap = Capabilities(dtypes=("float32",), max_n=20, max_d=8, masks=("index_set",), index_set_objects=True)
     report = check_attention(fn, capabilities=cap, max_examples=EXAMPLES, name="sparse_forward")
     assert report.passed and report.coverage["index_set"] > 0
+
+
+def test_flash_backward_gradients_conform():
+    flash = pytest.importorskip("refattn.kernels.flash")
+    fb = pytest.importorskip("refattn.kernels.flash_backward")
+
+    def forward(q, k, v, *, causal, scale, mask):
+        r = flash.flash_forward(q, k, v, sram=SRAM, variant="fa2", causal=causal, scale=scale, mask=mask)
+        return r.o, r.lse
+
+    def backward(q, k, v, do, *, causal, scale, mask):
+        o, lse = forward(q, k, v, causal=causal, scale=scale, mask=mask)
+        r = fb.flash_backward(q, k, v, o, lse, do, sram=SRAM, causal=causal, scale=scale, mask=mask)
+        return r.dq, r.dk, r.dv
+
+    cap = Capabilities(dtypes=("float32",), max_n=16, max_d=6, backward=True)
+    assert check_attention(forward, backward=backward, capabilities=cap, max_examples=15,
+                           name="flash_backward").passed
+
+
+def test_standard_backward_gradients_conform():
+    standard = pytest.importorskip("refattn.kernels.standard")
+
+    def forward(q, k, v, *, causal, scale, mask):
+        r = standard.standard_forward(q, k, v, sram=SRAM, causal=causal, scale=scale, mask=mask)
+        return r.o, r.lse
+
+    def backward(q, k, v, do, *, causal, scale, mask):
+        o, _ = forward(q, k, v, causal=causal, scale=scale, mask=mask)
+        r = standard.standard_backward(q, k, v, o, do, sram=SRAM, causal=causal, scale=scale, mask=mask)
+        return r.dq, r.dk, r.dv
+
+    cap = Capabilities(dtypes=("float32",), max_n=16, max_d=6, backward=True)
+    assert check_attention(forward, backward=backward, capabilities=cap, max_examples=15,
+                           name="standard_backward").passed
