@@ -35,6 +35,13 @@ Heads get one *kind* each, cycling through ``kinds``:
 ``block_sparse``    topic segments (64-token segments, 8 topics) + weak sink
 =================  ==========================================================
 
+Known limit: at the search's matched cost a vertical-slash set with many
+columns (the sink columns plus the forced nearest diagonals) expresses an
+A-shape almost exactly, so on an ``a_shape`` head the search picks A-shape or
+such a VS set (their errors differ by under 0.01 at N = 2048); block-sparse
+and few-column VS sets fail there clearly. The ``vertical_slash`` and
+``block_sparse`` heads are recovered outright (tests/patterns/test_search.py).
+
 The returned description lists, per head, the kind and every planted
 position. Generation is O(n d) and vectorised (N = 32768 in well under a second).
 """

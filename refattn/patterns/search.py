@@ -26,6 +26,10 @@ the ratio of its two sizes and is scaled by one factor found by bisection
 stay above the budget), and BS takes the largest ``top_k`` whose cost does
 not exceed the budget (at least 1). Explicit ``candidates`` are used as
 given: a list of ``(pattern, params)`` pairs.
+
+Ties: as in the paper's shipped configs, VS wins most heads; on a planted
+A-shape head a many-column VS set reaches about the same error at the same
+cost, so either may be chosen (see :mod:`refattn.data.synthetic`).
 """
 
 from __future__ import annotations
