@@ -171,3 +171,4 @@ TORCH_SDPA_CAPABILITIES = Capabilities(
 
 torch_sdpa = from_torch(_sdpa)
 torch_sdpa.__qualname__ = "torch.nn.functional.scaled_dot_product_attention"
+torch_sdpa.capabilities = TORCH_SDPA_CAPABILITIES  # read by `refattn conform refattn.testing:torch_sdpa`

@@ -43,3 +43,15 @@ def test_pytest_fixture(attention_conformance):
     assert attention_conformance(good, max_examples=10).examples == 10
     with pytest.raises(ConformanceError, match="FAIL tiled_attention\\[drop_last_partial_block\\]"):
         attention_conformance(BROKEN["drop_last_partial_block"])
+
+
+def test_conform_uses_a_functions_declared_capabilities(capsys):
+    from tests.optional import require
+
+    require("torch")
+    # torch_sdpa carries TORCH_SDPA_CAPABILITIES; overriding causal with bottom_right names the difference.
+    assert main(["conform", "refattn.testing:torch_sdpa", "--max-examples", "15"]) == 0
+    capsys.readouterr()
+    assert main(["conform", "refattn.testing:torch_sdpa", "--capabilities",
+                 '{"causal": ["bottom_right"], "backward": false}']) == 1
+    assert "convention difference, causal alignment" in capsys.readouterr().out
