@@ -26,11 +26,11 @@ from refattn.bench.table import Table
 VERTICAL_SIZE, SLASH_SIZE = 500, 150
 
 
-def _best(fn, repeats):
+def _best(repeats, fn, *args, **kwargs):
     best, out = np.inf, None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(*args, **kwargs)
         best = min(best, time.perf_counter() - t0)
     return best, out
 
@@ -57,11 +57,10 @@ def run(quick: bool = False) -> list[Table]:
     for n in sizes:
         q, k, v, _ = structured_qkv(n, 64, 1, seed=n, kinds=("vertical_slash",))
         q, k, v = q[0], k[0], v[0]
-        t_build, vs = _best(lambda: vertical_slash(q, k, VERTICAL_SIZE, SLASH_SIZE), repeats)
+        t_build, vs = _best(repeats, vertical_slash, q, k, VERTICAL_SIZE, SLASH_SIZE)
         iset = vs.index_set
-        t_sparse, sp = _best(lambda: sparse_forward(q, k, v, iset, sram=sram, causal=True), repeats)
-        t_dense, de = _best(lambda: flash_forward(q, k, v, sram=sram, variant="fa2", causal=True,
-                                                  block=(64, 64)), repeats)
+        t_sparse, sp = _best(repeats, sparse_forward, q, k, v, iset, sram=sram, causal=True)
+        t_dense, de = _best(repeats, flash_forward, q, k, v, sram=sram, variant="fa2", causal=True, block=(64, 64))
         lse_s, lse_d = sp.lse.astype(np.float64), de.lse.astype(np.float64)
         rec = float(np.mean(np.exp(lse_s - lse_d)))
         err = float(np.linalg.norm(sp.o.astype(np.float64) - de.o) / np.linalg.norm(de.o.astype(np.float64)))
@@ -69,8 +68,8 @@ def run(quick: bool = False) -> list[Table]:
                   t_dense / t_sparse, t_dense / (t_build + t_sparse), sp.traffic.total / de.traffic.total,
                   sp.flops / de.flops)
         print(f"  N={n}: done", flush=True)
-    table.notes.append("wall times: best of %d runs on this CPU (Numba prange over query blocks, BLAS 1 thread)"
-                       % repeats)
+    table.notes.append(f"wall times: best of {repeats} runs on this CPU (Numba prange over query blocks, "
+                       "BLAS 1 thread)")
     table.notes.append("recall from log-sum-exps: mean_i exp(lse_sparse_i - lse_dense_i)")
     table.print()
     return [table]

@@ -69,10 +69,6 @@ class HeadConfig:
     cost_strips: int
     candidates: list = field(default_factory=list)  # every candidate tried: dicts like this one
 
-    @property
-    def cost(self) -> float:
-        return self.cost_blocks + self.cost_strips / 64
-
 
 @dataclass
 class PatternConfig:
@@ -98,7 +94,7 @@ class PatternConfig:
                            "heads": [asdict(h) for h in self.heads]}, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "PatternConfig":
+    def from_json(cls, text: str) -> PatternConfig:
         data = json.loads(text)
         try:
             heads = [HeadConfig(**h) for h in data["heads"]]
@@ -112,7 +108,7 @@ class PatternConfig:
         return path
 
     @classmethod
-    def load(cls, path) -> "PatternConfig":
+    def load(cls, path) -> PatternConfig:
         return cls.from_json(Path(path).read_text())
 
 

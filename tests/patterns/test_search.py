@@ -46,7 +46,7 @@ def test_structured_data_is_seeded_and_documented():
 def test_search_recovers_the_planted_pattern_of_each_head(planted, config):
     _, _, _, desc = planted
     kinds = [d["kind"] for d in desc]
-    for h, (kind, head) in enumerate(zip(kinds, config.heads)):
+    for kind, head in zip(kinds, config.heads):
         assert head.error < ERROR_BOUND and head.recall > 0.9, (kind, head)
         assert len(head.candidates) == 6
         errors = {}
