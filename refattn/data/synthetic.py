@@ -43,7 +43,7 @@ and few-column VS sets fail there clearly. The ``vertical_slash`` and
 ``block_sparse`` heads are recovered outright (tests/patterns/test_search.py).
 
 The returned description lists, per head, the kind and every planted
-position. Generation is O(n d) and vectorised (N = 32768 in well under a second).
+position. Generation is O(n d) and vectorised (N = 32768: about 0.2 s per head here).
 """
 
 from __future__ import annotations
