@@ -13,7 +13,7 @@ st.set_page_config(page_title="refattn visualiser", page_icon="🧮", layout="wi
 
 PAGES = Path(__file__).parent / "app_pages"  # not "pages/": that name switches Streamlit to its old multipage mode
 nav = st.navigation([
-    st.Page(PAGES / "forward.py", title="FlashAttention forward", url_path="forward", default=True),
+    st.Page(PAGES / "forward.py", title="FlashAttention forward", default=True),
     st.Page(PAGES / "backward.py", title="Backward", url_path="backward"),
     st.Page(PAGES / "io.py", title="IO complexity", url_path="io"),
     st.Page(PAGES / "minference.py", title="MInference", url_path="minference"),

@@ -131,8 +131,7 @@ def sram_panel(trace: Trace, step: int, capacity: int, *, title="SRAM"):
                   annotation_text=f"M = {capacity}", annotation_position="top left")
     fig.update_layout(barmode="stack", height=200, margin=dict(l=10, r=10, t=40, b=10),
                       title=f"{title}: {used} of {capacity} elements ({100 * used / capacity:.0f}%)",
-                      xaxis=dict(range=[0, capacity * 1.05], title="elements"), showlegend=True,
-                      legend=dict(font=dict(size=9)))
+                      xaxis=dict(range=[0, capacity * 1.05], title="elements"), showlegend=False)
     return fig
 
 
@@ -334,11 +333,16 @@ def scores_line(values: np.ndarray, *, title, x_title, kept=None):
 
 
 def timeline(spans: list[dict], *, title="engine timeline"):
-    """Horizontal bars: spans of {lane, start, end, label} (e.g. engines x stages, in cycles)."""
+    """Horizontal bars: spans of {lane, start, end, label} (e.g. engines x stages, in cycles), one colour per stage."""
     fig = go.Figure()
+    colours = {"SDDMM": "#3182bd", "SpMM": "#e6550d", "decode": "#756bb1", "preload": "#969696"}
     for s in spans:
+        label = s.get("label", "")
+        colour = next((c for key, c in colours.items() if key in label), "#636363")
         fig.add_trace(go.Bar(x=[s["end"] - s["start"]], base=[s["start"]], y=[s["lane"]], orientation="h",
-                             name=s.get("label", ""), text=[s.get("label", "")], textposition="inside"))
+                             name=label, text=[label], textposition="inside", insidetextanchor="middle",
+                             marker=dict(color=colour, line=dict(color="white", width=1)),
+                             hovertemplate=f"{label}<br>cycles %{{base}} to %{{x}}<extra></extra>"))
     fig.update_layout(title=title, height=240, barmode="overlay", showlegend=False,
                       margin=dict(l=10, r=10, t=40, b=10), xaxis_title="cycles")
     return fig

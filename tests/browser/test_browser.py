@@ -92,22 +92,41 @@ def wait_idle(page, timeout=120_000):
         }""", timeout=timeout)
 
 
+def wait_drawn(page, timeout=120_000):
+    """Wait until no element is a loading skeleton and every Plotly chart has drawn its SVG."""
+    page.wait_for_function(
+        """() => !document.querySelector('[data-testid="stSkeleton"]') &&
+            [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('.main-svg'))""",
+        timeout=timeout)
+
+
 def metric_value(page, label: str) -> int:
     box = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
     return int(box.locator('[data-testid="stMetricValue"]').inner_text().replace(",", ""))
 
 
+#: An element each page draws last: the page counts as rendered when it is there and charts are drawn.
+READY = {
+    "forward": '[data-testid="stTable"]', "backward": '[data-testid="stTable"]', "io": '[data-testid="stTable"]',
+    "minference": '[data-testid="stTable"]', "vitcod": '[data-testid="stTable"]', "inputs": '[data-testid="stFileUploader"]',
+}
+
+
 def open_page(page, url, name, timings):
     t0 = time.perf_counter()
-    page.goto(f"{url}/{name}")
+    page.goto(f"{url}/{'' if name == 'forward' else name}")  # the default page lives at the root
     page.locator("h1").first.wait_for()
+    page.locator(READY[name]).first.wait_for()
     wait_idle(page)
+    wait_drawn(page)
     timings[name] = time.perf_counter() - t0
     assert not page.locator('[data-testid="stException"]').count(), page.locator(
         '[data-testid="stException"]').first.inner_text()
 
 
 def shot(page, name):
+    wait_drawn(page)
+    page.wait_for_timeout(300)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 

@@ -18,8 +18,9 @@ if not (runs.available("flash_forward") and runs.available("standard_forward")):
 sb = st.sidebar
 sb.header("Sweep settings")
 d = sb.select_slider("d (head dim)", [16, 32, 64, 128], value=64, key="io_d")
-m = sb.select_slider("M for the N sweep (elements)", [1024, 2048, 4096, 8192, 16384, 32768], value=4096,
-                     key="io_m")
+A100_M = CHIPS["a100"].sram_elements
+m = sb.select_slider("M for the N sweep (elements)", [1024, 4096, 16384, A100_M], value=A100_M, key="io_m",
+                     format_func=lambda x: f"{x} (A100 SRAM)" if x == A100_M else str(x))
 variant = sb.radio("flash loop order", ["fa2", "fa1"], key="io_variant")
 chip = sb.selectbox("chip preset for simulated time", list(CHIPS), key="io_chip",
                     format_func=lambda c: CHIPS[c].name)

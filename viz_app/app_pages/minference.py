@@ -58,7 +58,7 @@ def run_pattern(n, seed, head, name, params):
 
 sb = st.sidebar
 sb.header("MInference settings")
-n = sb.select_slider("N (tokens)", [512, 1024, 2048], value=1024, key="mi_n")
+n = sb.select_slider("N (tokens)", [256, 512, 1024, 2048], value=512, key="mi_n")
 seed = int(sb.number_input("seed", 0, 1000, 0, key="mi_seed"))
 q, k, v, desc = inputs(n, seed)
 head = sb.radio("head", list(range(q.shape[0])), key="mi_head",

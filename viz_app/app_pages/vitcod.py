@@ -67,7 +67,7 @@ c[1].metric("global tokens G", f"{sp.g}")
 c[2].metric("ViTCoD cycles (layer)", f"{dense_run.total:,}")
 c[3].metric("dense baseline cycles", f"{dense_base.total:,}",
             delta=f"{dense_base.total / max(dense_run.total, 1):.1f}x slower", delta_color="off")
-c[4].metric("unsplit sparse cycles", f"{unsplit.total:,}")
+c[4].metric("one sparse engine, no split", f"{unsplit.total:,}")
 
 cols = st.columns(3)
 if maps is not None:
@@ -86,11 +86,12 @@ st.subheader("Work split between the engines (one layer, heads one after another
 spans, t = [], dense_run.decode
 if t:
     spans.append({"lane": "denser engine", "start": 0, "end": t, "label": "decode"})
-for h, hc in enumerate(dense_run.heads):
+for h, hc in enumerate(dense_run.heads):  # per head, lines split in proportion to the work
     for stage, dn, sn in (("SDDMM", hc.dense_sddmm, hc.sparse_sddmm), ("SpMM", hc.dense_spmm, hc.sparse_spmm)):
-        spans.append({"lane": f"denser ({hc.dense_lines} lines)", "start": t, "end": t + dn, "label": f"h{h} {stage}"})
-        spans.append({"lane": f"sparser ({hc.sparse_lines} lines)", "start": t, "end": t + sn,
-                      "label": f"h{h} {stage}"})
+        spans.append({"lane": "denser engine", "start": t, "end": t + dn,
+                      "label": f"h{h} {stage} ({hc.dense_lines} lines)"})
+        spans.append({"lane": "sparser engine", "start": t, "end": t + sn,
+                      "label": f"h{h} {stage} ({hc.sparse_lines} lines)"})
         t += max(dn, sn)
 spans.append({"lane": "HBM preload", "start": 0, "end": dense_run.preload, "label": "preload"})
 st.plotly_chart(figures.timeline(spans, title=f"cycles (layer total {dense_run.total:,}, {dense_run.bound}-bound)"),
