@@ -254,7 +254,7 @@ def _diagnose(p: Problem, cap: Capabilities, failure: Failure, o, lse, bounds_o,
 
 def _run_one(fn, backward, p: Problem, cap: Capabilities, tolerance) -> Failure | None:
     kwargs = _call_kwargs(p, cap)
-    scale = tolmod_scale(p)
+    scale = _effective_scale(p)
     token = current_dtype.set(p.dtype)
     try:
         try:
@@ -282,7 +282,7 @@ def _run_one(fn, backward, p: Problem, cap: Capabilities, tolerance) -> Failure 
         current_dtype.reset(token)
 
 
-def tolmod_scale(p: Problem) -> float:
+def _effective_scale(p: Problem) -> float:
     return 1.0 / math.sqrt(p.q.shape[-1]) if p.scale is None else p.scale
 
 
