@@ -507,9 +507,10 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
     stepped = stop_after is not None
     traced = bool(trace) or stepped
 
+    qr, kr, vr, mr = (readonly(x) for x in (p.q, p.k, p.v, p.mask))
     if variant == "fa2":
         st_m, st_l, st_o = np.zeros(bq, dt), np.zeros(bq, dt), np.zeros((bq, dv), dt)
-        args = (p.q, p.k, p.v, p.mask, has_mask, sc, ccode, off, bq, bk, o, lse, st_m, st_l, st_o, st_info)
+        args = (qr, kr, vr, mr, has_mask, sc, ccode, off, bq, bk, o, lse, st_m, st_l, st_o, st_info)
 
         def call(mem):
             o.fill(0)
@@ -529,7 +530,7 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
         estimate = nb * (tr * tc * 8 + tr * 16)
     else:
         lh, mh = np.zeros((nb, nq), dt), np.zeros((nb, nq), dt)  # HBM l and m
-        args = (p.q, p.k, p.v, p.mask, has_mask, sc, ccode, off, bq, bk, o, lse, lh, mh, st_info)
+        args = (qr, kr, vr, mr, has_mask, sc, ccode, off, bq, bk, o, lse, lh, mh, st_info)
 
         def call(mem):
             _fa1(mem, *args)
@@ -552,6 +553,14 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
             "traffic": memory.Traffic.from_counts(mem.counts, sram.bytes_per_element),
         }
     return result
+
+
+def readonly(x):
+    """A read-only view: inputs reach the jitted loops with one array type (Numba types
+    read-only and writable arrays differently, and ``prepare`` returns either)."""
+    x = x.view()
+    x.flags.writeable = False
+    return x
 
 
 def _check_stop_after(stop_after, n_steps, where):

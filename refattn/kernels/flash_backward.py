@@ -66,6 +66,7 @@ from refattn.kernels.flash import (
     _check_stop_after,
     _free_all,
     plan_blocks,
+    readonly,
     scores,
     set_info,
     visibility,
@@ -238,7 +239,8 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
     dh = np.zeros((nb, nq), dt)  # D in HBM
     st_dk, st_dv, st_info = np.zeros((bk, d), dt), np.zeros((bk, dv), dt), np.zeros(6, np.int64)
     off = nk - nq if p.causal == "bottom_right" else 0
-    args = (p.q, p.k, p.v, o_f, lse_f.reshape(nb, nq), do_f, p.mask, has_mask, dt.type(p.scale),
+    ins = (readonly(x) for x in (p.q, p.k, p.v, o_f, lse_f.reshape(nb, nq), do_f, p.mask))
+    args = (*ins, has_mask, dt.type(p.scale),
             CAUSAL_CODE[p.causal], off, bq, bk, dq, dk, dvv, dh, st_dk, st_dv, st_info)
 
     def call(mem):
