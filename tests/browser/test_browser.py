@@ -106,15 +106,26 @@ def metric_value(page, label: str) -> int:
 
 
 #: An element each page draws last: the page counts as rendered when it is there and charts are drawn.
+H1 = {"forward": "FlashAttention forward", "backward": "Backward", "io": "IO complexity",
+      "minference": "MInference", "vitcod": "ViTCoD", "inputs": "Inputs"}
 READY = {
     "forward": '[data-testid="stTable"]', "backward": '[data-testid="stTable"]', "io": '[data-testid="stTable"]',
     "minference": '[data-testid="stTable"]', "vitcod": '[data-testid="stTable"]', "inputs": '[data-testid="stFileUploader"]',
 }
 
 
-def open_page(page, url, name, timings):
+TITLES = {"forward": "FlashAttention forward", "backward": "Backward", "io": "IO complexity",
+          "minference": "MInference", "vitcod": "ViTCoD", "inputs": "Inputs (upload)"}
+
+
+def open_page(page, url, name, timings, *, via_sidebar=False):
     t0 = time.perf_counter()
-    page.goto(f"{url}/{'' if name == 'forward' else name}")  # the default page lives at the root
+    if via_sidebar:  # as a user does: the app stays loaded, only the page's script runs
+        page.locator('[data-testid="stSidebarNav"] a').filter(has_text=TITLES[name]).first.click()
+        page.wait_for_function("""(title) => [...document.querySelectorAll('h1')].some(h => h.innerText.includes(title))""",
+                               arg=H1[name])
+    else:
+        page.goto(f"{url}/{'' if name == 'forward' else name}")  # the default page lives at the root
     page.locator("h1").first.wait_for()
     page.locator(READY[name]).first.wait_for()
     wait_idle(page)
@@ -142,19 +153,22 @@ def test_every_page_in_the_browser(server, browser_page):
     q, k, v = random_qkv(64, 16, seed=0)
     flash = refattn.flash_forward(q, k, v, sram=1024, variant="fa2", trace=True)
     assert metric_value(page, "flash HBM reads") == flash.trace.traffic_until(0).total_reads
-    before = metric_value(page, "flash HBM reads")
-    t0 = time.perf_counter()
-    page.locator(".st-key-fwd_fwd button").click()
-    page.wait_for_function(
-        """([label, before]) => [...document.querySelectorAll('[data-testid="stMetric"]')]
-            .some(m => m.innerText.includes(label) &&
-                  parseInt(m.querySelector('[data-testid="stMetricValue"]').innerText.replace(/,/g, '')) !== before)""",
-        arg=["flash HBM reads", before])
-    timings["one step"] = time.perf_counter() - t0
-    wait_idle(page)
-    after = metric_value(page, "flash HBM reads")
-    assert after > before and after == flash.trace.traffic_until(1).total_reads
-    assert metric_value(page, "flash HBM writes") == flash.trace.traffic_until(1).total_writes
+    step_times = []
+    for step in (1, 2, 3):  # one step update: click -> the counter on screen shows the new value
+        before = metric_value(page, "flash HBM reads")
+        t0 = time.perf_counter()
+        page.locator(".st-key-fwd_fwd button").click()
+        page.wait_for_function(
+            """([label, before]) => [...document.querySelectorAll('[data-testid="stMetric"]')]
+                .some(m => m.innerText.includes(label) &&
+                      parseInt(m.querySelector('[data-testid="stMetricValue"]').innerText.replace(/,/g, '')) !== before)""",
+            arg=["flash HBM reads", before])
+        step_times.append(time.perf_counter() - t0)
+        wait_idle(page)
+        after = metric_value(page, "flash HBM reads")
+        assert after > before and after == flash.trace.traffic_until(step).total_reads
+        assert metric_value(page, "flash HBM writes") == flash.trace.traffic_until(step).total_writes
+    timings["one step (median of 3)"] = sorted(step_times)[1]
     shot(page, "forward")
 
     page.locator(".st-key-fwd_play label").click()  # play: the fragment advances on its own
@@ -206,6 +220,11 @@ def test_every_page_in_the_browser(server, browser_page):
     page.wait_for_timeout(500)
     assert not page.locator('[data-testid="stException"]').count()
     shot(page, "inputs")
+
+    # second visits through the sidebar: the server's st.cache_data is warm and the app stays loaded
+    for name in PAGES:
+        open_page(page, url, name, revisit := {}, via_sidebar=True)
+        timings[f"{name} again"] = revisit[name]
 
     print("\nbrowser timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
     for name in PAGES:
