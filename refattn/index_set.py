@@ -49,7 +49,7 @@ class IndexSet:
 
     # ------------------------------------------------------------------ build
     @classmethod
-    def from_lists(cls, nq, nk, blocks, columns=None, *, block=64) -> "IndexSet":
+    def from_lists(cls, nq, nk, blocks, columns=None, *, block=64) -> IndexSet:
         """Build from per-query-block lists; each list is sorted and deduplicated.
 
         Columns that fall inside a listed key block of the same row are dropped
@@ -71,7 +71,7 @@ class IndexSet:
         return cls(nq, nk, block, bo, bi, co, ci)
 
     @classmethod
-    def dense(cls, nq, nk, *, block=64, causal=True) -> "IndexSet":
+    def dense(cls, nq, nk, *, block=64, causal=True) -> IndexSet:
         """Every key block a (causal) query block can see: the dense kernel as an index set."""
         nqb, nkb = -(-nq // block), -(-nk // block)
         mode = normalize_causal(causal)

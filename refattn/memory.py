@@ -204,7 +204,7 @@ class Traffic:
     bytes_per_element: int = 2
 
     @classmethod
-    def from_counts(cls, counts: np.ndarray, bytes_per_element: int = 2) -> "Traffic":
+    def from_counts(cls, counts: np.ndarray, bytes_per_element: int = 2) -> Traffic:
         reads = {name: int(counts[i, 0]) for i, name in enumerate(TENSORS) if counts[i, 0]}
         writes = {name: int(counts[i, 1]) for i, name in enumerate(TENSORS) if counts[i, 1]}
         return cls(reads, writes, bytes_per_element)
@@ -230,7 +230,7 @@ class Traffic:
         """(reads, writes) of one tensor."""
         return self.reads.get(tensor, 0), self.writes.get(tensor, 0)
 
-    def __add__(self, other: "Traffic") -> "Traffic":
+    def __add__(self, other: Traffic) -> Traffic:
         names = set(self.reads) | set(other.reads)
         reads = {n: self.reads.get(n, 0) + other.reads.get(n, 0) for n in names}
         names = set(self.writes) | set(other.writes)
@@ -420,7 +420,7 @@ class Sram:
             raise ValueError(f"bytes_per_element must be positive, got {self.bytes_per_element}")
 
     @classmethod
-    def from_chip(cls, chip) -> "Sram":
+    def from_chip(cls, chip) -> Sram:
         chip = get_chip(chip)
         return cls(chip.sram_elements, chip.bytes_per_element, chip)
 

@@ -42,10 +42,10 @@ def candidates(n, seed, head):
 
 @st.cache_data(max_entries=32, show_spinner="building the index set and running the sparse kernel...")
 def run_pattern(n, seed, head, name, params):
+    import refattn
     from refattn import reference
     from refattn.patterns import build_index
     from refattn.patterns.metrics import evaluate
-    import refattn
 
     q, k, v, _ = inputs(n, seed)
     built = build_index(name, q[head], k[head], dict(params))
