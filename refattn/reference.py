@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn.validation import CAUSAL_MODES, check_attention_inputs, check_scale, normalize_causal
+from refattn.validation import CAUSAL_MODES, check_attention_inputs, check_scale, normalize_causal, unbroadcast
 
 __all__ = [
     "CAUSAL_MODES",
@@ -117,7 +117,8 @@ def attention_backward(q, k, v, do, *, scale=None, causal=False, mask=None):
     except ValueError:  # shapes that do not broadcast at all
         bad = True
     if bad:
-        raise ValueError(f"reference.attention_backward: do has shape {do64.shape}, expected {expected} (the shape of o)")
+        raise ValueError(
+            f"reference.attention_backward: do has shape {do64.shape}, expected {expected} (the shape of o)")
     if not np.all(np.isfinite(do64)):
         raise ValueError("reference.attention_backward: do contains NaN or Inf")
     scale = _default_scale(q64.shape[-1], scale)
@@ -130,16 +131,9 @@ def attention_backward(q, k, v, do, *, scale=None, causal=False, mask=None):
     dq = scale * np.einsum("...ij,...jd->...id", ds, k64)
     dk = scale * np.einsum("...ij,...id->...jd", ds, q64)
     # Leading dims may have been broadcast; reduce gradients back to input shapes.
-    return _unbroadcast(dq, np.shape(q)), _unbroadcast(dk, np.shape(k)), _unbroadcast(dv, np.shape(v))
+    return unbroadcast(dq, np.shape(q)), unbroadcast(dk, np.shape(k)), unbroadcast(dv, np.shape(v))
 
 
-def _unbroadcast(g, shape):
-    while g.ndim > len(shape):
-        g = g.sum(axis=0)
-    for ax, n in enumerate(shape):
-        if n == 1 and g.shape[ax] != 1:
-            g = g.sum(axis=ax, keepdims=True)
-    return g
 
 
 def _as64(q, k, v):

@@ -83,6 +83,16 @@ def check_attention_inputs(q, k, v, *, mask=None, causal=False, where="attention
     return q, k, v
 
 
+def unbroadcast(g, shape):
+    """Sum a gradient over the leading dims that were broadcast from ``shape``."""
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for ax, n in enumerate(shape):
+        if n == 1 and g.shape[ax] != 1:
+            g = g.sum(axis=ax, keepdims=True)
+    return g
+
+
 def check_scale(scale, d, where="attention"):
     """Return the softmax scale as a float (default 1/sqrt(d)); refuse non-finite values."""
     if scale is None:

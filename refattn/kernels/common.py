@@ -118,6 +118,17 @@ def prepare(q, k, v, *, scale=None, causal=False, mask=None, where="kernel") -> 
                     check_scale(scale, q.shape[-1], where), normalize_causal(causal))
 
 
+def check_stop_after(stop_after, n_steps, where):
+    """``stop_after`` must be None or an integer in [1, n_steps]; refuse anything else clearly."""
+    if stop_after is None:
+        return
+    if isinstance(stop_after, bool) or not isinstance(stop_after, (int, np.integer)):
+        raise ValueError(f"{where}: stop_after must be an integer number of steps, got {stop_after!r}")
+    if not 1 <= stop_after <= n_steps:
+        raise ValueError(f"{where}: stop_after must be between 1 and the number of steps ({n_steps}), "
+                         f"got {stop_after}")
+
+
 def run_with_trace(kernel_call, sram: memory.Sram, *, trace: bool, trace_estimate: int, stop_after=None):
     """Run ``kernel_call(mem)`` on fresh device arrays; return the ``Mem``.
 

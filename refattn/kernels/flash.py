@@ -105,7 +105,7 @@ import numba
 import numpy as np
 
 from refattn import memory
-from refattn.kernels.common import finish, prepare, run_with_trace
+from refattn.kernels.common import check_stop_after, finish, prepare, run_with_trace
 from refattn.memory import (
     T_K,
     T_L,
@@ -492,7 +492,7 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
                          what=f"flash_forward ({variant}{', with mask' if has_mask else ''})")
     tr, tc = -(-nq // bq), -(-nk // bk)
     n_steps = nb * (tr * tc + (2 if variant == "fa1" else 0))
-    _check_stop_after(stop_after, n_steps, "flash_forward")
+    check_stop_after(stop_after, n_steps, "flash_forward")
     plan = {"variant": variant, "Br": bq, "Bc": bk, "Tr": tr, "Tc": tc, "n_steps": n_steps,
             "footprint": forward_footprint(bq, bk, d, dv, has_mask), "M": sram.capacity,
             "causal": p.causal, "masked": has_mask}
@@ -562,15 +562,6 @@ def readonly(x):
     x.flags.writeable = False
     return x
 
-
-def _check_stop_after(stop_after, n_steps, where):
-    if stop_after is None:
-        return
-    if isinstance(stop_after, bool) or not isinstance(stop_after, (int, np.integer)):
-        raise ValueError(f"{where}: stop_after must be an integer number of steps, got {stop_after!r}")
-    if not 1 <= stop_after <= n_steps:
-        raise ValueError(f"{where}: stop_after must be between 1 and the number of steps ({n_steps}), "
-                         f"got {stop_after}")
 
 
 def __getattr__(name):  # flash_backward lives in its own module; re-exported lazily (no import cycle)

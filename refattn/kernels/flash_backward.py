@@ -60,10 +60,9 @@ import numba
 import numpy as np
 
 from refattn import memory
-from refattn.kernels.common import finish, prepare, run_with_trace
+from refattn.kernels.common import check_stop_after, finish, prepare, run_with_trace
 from refattn.kernels.flash import (
     CAUSAL_CODE,
-    _check_stop_after,
     _free_all,
     plan_blocks,
     readonly,
@@ -95,6 +94,7 @@ from refattn.memory import (
     skip,
     store,
 )
+from refattn.validation import unbroadcast
 
 __all__ = ["flash_backward", "BACKWARD_SLOTS", "backward_footprint"]
 
@@ -228,7 +228,7 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
                          what=f"flash_backward{' with mask' if has_mask else ''}")
     tr, tc = -(-nq // bq), -(-nk // bk)
     n_steps = nb * (tr + tr * tc)
-    _check_stop_after(stop_after, n_steps, where)
+    check_stop_after(stop_after, n_steps, where)
     plan = {"variant": "fa2_backward", "Br": bq, "Bc": bk, "Tr": tr, "Tc": tc, "n_steps": n_steps,
             "footprint": backward_footprint(bq, bk, d, dv, has_mask), "M": sram.capacity,
             "causal": p.causal, "masked": has_mask}
@@ -250,9 +250,9 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
     estimate = nb * (tr * tc * 14 + tc * 8 + tr * 10)
     mem = run_with_trace(call, sram, trace=bool(trace) or stepped, trace_estimate=estimate, stop_after=stop_after)
     outputs = {
-        "dq": _unbroadcast(p.restore(dq), np.shape(q)),
-        "dk": _unbroadcast(p.restore(dk), np.shape(k)),
-        "dv": _unbroadcast(p.restore(dvv), np.shape(v)),
+        "dq": unbroadcast(p.restore(dq), np.shape(q)),
+        "dk": unbroadcast(p.restore(dk), np.shape(k)),
+        "dv": unbroadcast(p.restore(dvv), np.shape(v)),
     }
     result = finish(mem, sram, outputs, plan=plan, slot_names=BACKWARD_SLOTS)
     if stepped:
@@ -284,12 +284,3 @@ def _flat_grad_input(name, x, shape, dt, where, *, allow_neginf):
     x = np.ascontiguousarray(x, dtype=dt)
     return x.reshape((-1, shape[-1])) if allow_neginf else x.reshape((-1,) + shape[-2:])
 
-
-def _unbroadcast(g, shape):
-    """Sum a gradient over leading dims that were broadcast from ``shape``."""
-    while g.ndim > len(shape):
-        g = g.sum(axis=0)
-    for ax, n in enumerate(shape):
-        if n == 1 and g.shape[ax] != 1:
-            g = g.sum(axis=ax, keepdims=True)
-    return g

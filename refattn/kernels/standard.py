@@ -88,7 +88,7 @@ import numba
 import numpy as np
 
 from refattn import memory
-from refattn.kernels.common import KernelResult, finish, prepare, run_with_trace
+from refattn.kernels.common import KernelResult, check_stop_after, finish, prepare, run_with_trace
 
 __all__ = ["standard_forward", "standard_backward", "plan_forward", "plan_backward",
            "matmul_blocks", "row_blocks", "SLOT_NAMES", "FORWARD_PASSES", "BACKWARD_PASSES"]
@@ -449,16 +449,6 @@ def _forward_steps(p, plan):
                       + _steps_matmul(p.nq, p.nk, plan["F3"]))
 
 
-def _check_stop_after(stop_after, n_steps, where):
-    """As for the flash kernels: an integer in [1, n_steps], or None."""
-    if stop_after is None:
-        return
-    if isinstance(stop_after, bool) or not isinstance(stop_after, (int, np.integer)):
-        raise ValueError(f"{where}: stop_after must be an integer number of steps, got {stop_after!r}")
-    if not 1 <= stop_after <= n_steps:
-        raise ValueError(f"{where}: stop_after must be between 1 and the number of steps ({n_steps}), "
-                         f"got {stop_after}")
-
 
 def standard_forward(q, k, v, *, sram, causal=False, scale=None, mask=None, trace=False,
                      stop_after=None) -> KernelResult:
@@ -476,7 +466,7 @@ def standard_forward(q, k, v, *, sram, causal=False, scale=None, mask=None, trac
     sram = memory.as_sram(sram)
     plan = plan_forward(p.nq, p.nk, p.d, p.dv, sram.capacity, p.has_mask)
     n_steps = _forward_steps(p, plan)
-    _check_stop_after(stop_after, n_steps, "standard_forward")
+    check_stop_after(stop_after, n_steps, "standard_forward")
     traced = bool(trace) or stop_after is not None  # a stopped run always comes with its trace
     mem, (s_hbm, p_hbm, o, lse, acc), info, stopped = _run_p(p, plan, sram, stop_after, traced)
     state = None
@@ -534,7 +524,7 @@ def standard_backward(q, k, v, o, do, *, sram, causal=False, scale=None, mask=No
     steps = p.batch * (_steps_matmul(p.nk, p.nq, plan["B1"]) + _steps_matmul(p.nq, p.nk, plan["B2"])
                        + _steps_matmul(p.nq, p.nk, plan["B3"]) + _steps_matmul(p.nq, p.nk, plan["B4"])
                        + _steps_matmul(p.nk, p.nq, plan["B5"]))
-    _check_stop_after(stop_after, steps, "standard_backward")
+    check_stop_after(stop_after, steps, "standard_backward")
     traced = bool(trace) or stop_after is not None
     mem = run_with_trace(call, sram, trace=traced, trace_estimate=6 * steps + 16, stop_after=stop_after)
     state = None
