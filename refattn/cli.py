@@ -22,7 +22,7 @@ def _cmd_app(args) -> int:
         return 2
     app = Path(viz_app.__file__).parent / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--server.address", args.address]
+           "--server.address", args.address, "--browser.gatherUsageStats", "false"]
     if args.headless:
         cmd += ["--server.headless", "true"]
     return subprocess.call(cmd)
