@@ -166,6 +166,14 @@ def free(mem, slot):
     _record(mem, EV_FREE, -1, slot, 0, 0, 0, 0)
 
 
+@numba.njit(cache=True)
+def free_all(mem):
+    """Release every occupied on-chip slot (one ``free`` event each, in slot order)."""
+    for slot in range(mem.slots.shape[0]):
+        if mem.slots[slot] > 0:
+            free(mem, slot)
+
+
 @numba.njit(cache=True, inline="always")
 def skip(mem, r0, r1, c0, c1):
     """Record that the tile of query rows [r0, r1) x key columns [c0, c1) is skipped."""

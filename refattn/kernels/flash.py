@@ -120,7 +120,7 @@ from refattn.memory import (
     Mem,
     count_flops,
     end_step,
-    free,
+    free_all,
     hold,
     load,
     set_head,
@@ -200,14 +200,6 @@ def visibility(r0, r1, c0, c1, causal, off):
     if c1 - 1 > r0 + off:
         return 2
     return 1
-
-
-@numba.njit(cache=True)
-def _free_all(mem):
-    """Release every occupied on-chip slot (one ``free`` event each)."""
-    for slot in range(mem.slots.shape[0]):
-        if mem.slots[slot] > 0:
-            free(mem, slot)
 
 
 @numba.njit(cache=True)
@@ -312,7 +304,7 @@ def _fa2_row(mem, b, i, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, 
             hold(mem, T_L, S_M, r0, r1, 0, 1)  # L overwrites m on chip
             store(mem, T_O, S_O, r0, r1, 0, dv)
             store(mem, T_L, S_M, r0, r1, 0, 1)
-            _free_all(mem)
+            free_all(mem)
         if end_step(mem):
             st_m[:br] = m
             st_l[:br] = l
@@ -377,7 +369,7 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, lh, m
             store(mem, T_O, S_O, r0, r1, 0, dv)
             store(mem, T_LSUM, S_L, r0, r1, 0, 1)
             store(mem, T_M, S_M, r0, r1, 0, 1)
-            _free_all(mem)
+            free_all(mem)
         if end_step(mem):
             set_info(st_info, b, 0, nq, 0, 0, 1)
             return
@@ -448,7 +440,7 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, lh, m
                 if end_step(mem):
                     set_info(st_info, b, r0, r1, c0, c1, 1)
                     return
-            _free_all(mem)
+            free_all(mem)
         # step: finalise L = m + log l for the backward
         for i in range(tr):
             r0 = i * bq
@@ -459,7 +451,7 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, lh, m
                 lse[b, r] = mh[b, r] + np.log(lh[b, r]) if lh[b, r] > 0 else -np.inf
             hold(mem, T_L, S_M, r0, r1, 0, 1)  # L overwrites m on chip
             store(mem, T_L, S_M, r0, r1, 0, 1)
-            _free_all(mem)
+            free_all(mem)
         if end_step(mem):
             set_info(st_info, b, 0, nq, 0, nk, 1)
             return

@@ -63,7 +63,6 @@ from refattn import memory
 from refattn.kernels.common import check_stop_after, finish, prepare, run_with_trace
 from refattn.kernels.flash import (
     CAUSAL_CODE,
-    _free_all,
     plan_blocks,
     readonly,
     scores,
@@ -88,6 +87,7 @@ from refattn.memory import (
     T_V,
     count_flops,
     end_step,
+    free_all,
     hold,
     load,
     set_head,
@@ -133,7 +133,7 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, 
             dq[b, r0:r1] = 0
             hold(mem, T_DQ, B_DQ, r0, r1, 0, d)
             store(mem, T_DQ, B_DQ, r0, r1, 0, d)
-            _free_all(mem)
+            free_all(mem)
             if end_step(mem):
                 set_info(st_info, b, r0, r1, 0, 0, 0)
                 return
@@ -194,7 +194,7 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, 
                     dv_[b, c0:c1] = dvj
                     store(mem, T_DK, B_DK, c0, c1, 0, d)
                     store(mem, T_DV, B_DV, c0, c1, 0, dv)
-                    _free_all(mem)
+                    free_all(mem)
                 if end_step(mem):
                     st_dk[:bc] = dkj
                     st_dv[:bc] = dvj

@@ -167,13 +167,6 @@ def _stop(mem, info, pas, h, r0, r1, c0, c1):
     return False
 
 
-@numba.njit(cache=True, inline="always")
-def _free_all(mem):
-    for slot in range(8):
-        if mem.slots[slot] != 0:
-            memory.free(mem, slot)
-
-
 @numba.njit(cache=True)
 def _pass_scores(mem, h, q, k, mask, has_mask, scale, causal_on, offset, R, C, s_hbm, info):
     """F1: S[h] = scale * Q K^T with the causal/boolean mask as -inf; one step per R x C tile."""
@@ -199,7 +192,7 @@ def _pass_scores(mem, h, q, k, mask, has_mask, scale, causal_on, offset, R, C, s
             memory.store(mem, memory.T_S, SLOT_TILE, r0, r1, c0, c1)
             if _stop(mem, info, 1, h, r0, r1, c0, c1):
                 return True
-    _free_all(mem)
+    memory.free_all(mem)
     return False
 
 
@@ -263,7 +256,7 @@ def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
                 memory.store(mem, memory.T_P, SLOT_TILE, i, i + 1, c0, c1)
                 if _stop(mem, info, 2, h, i, i + 1, c0, c1):
                     return True
-    _free_all(mem)
+    memory.free_all(mem)
     return False
 
 
@@ -292,7 +285,7 @@ def _pass_rows_times_inner(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t,
                 memory.store(mem, out_t, SLOT_ACC, r0, r1, 0, w_out)
             if _stop(mem, info, pas, h, r0, r1, c0, c1):
                 return True
-    _free_all(mem)
+    memory.free_all(mem)
     return False
 
 
@@ -320,7 +313,7 @@ def _pass_cols_times_inner(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t,
                 memory.store(mem, out_t, SLOT_ACC, c0, c1, 0, w_out)
             if _stop(mem, info, pas, h, r0, r1, c0, c1):
                 return True
-    _free_all(mem)
+    memory.free_all(mem)
     return False
 
 
@@ -346,7 +339,7 @@ def _pass_dp(mem, h, do, o, v, R, C, dp_hbm, d_hbm, info):
             memory.store(mem, memory.T_DP, SLOT_TILE, r0, r1, c0, c1)
             if _stop(mem, info, 2, h, r0, r1, c0, c1):
                 return True
-    _free_all(mem)
+    memory.free_all(mem)
     return False
 
 
@@ -369,7 +362,7 @@ def _pass_ds(mem, h, R, C, p_hbm, dp_hbm, d_hbm, ds_hbm, info):
             memory.store(mem, memory.T_DS, SLOT_TILE2, r0, r1, c0, c1)
             if _stop(mem, info, 3, h, r0, r1, c0, c1):
                 return True
-    _free_all(mem)
+    memory.free_all(mem)
     return False
 
 
