@@ -43,7 +43,7 @@ EXP_NOTE = ("float32: refattn's branch-free polynomial exp (Cephes expf coeffici
             "float64: libm exp")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_blas() -> bool:
     """Load SciPy's BLAS (the one Numba's ``np.dot`` calls) so that thread limits reach it. True if found."""
     try:
@@ -53,7 +53,7 @@ def load_blas() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _controller():
     from threadpoolctl import ThreadpoolController
 
