@@ -29,8 +29,10 @@ SOURCES = {
     "v_buffer": f"{_SIM}: 53 KB value buffer",
     "index_buffer": f"{_SIM}: 20 KB index buffer",
     "out_buffer": f"{_SIM}: 108 KB output buffer (refattn keeps scores and O there)",
-    "buffer_read_bytes": f"{_OURS}: each buffer has one read port of this many bytes per cycle and one "
-                         "address per cycle (a gathered row narrower than the port wastes the rest)",
+    "buffer_read_bytes": f"{_OURS}: each buffer has one read port of this many bytes per cycle",
+    "buffer_banks": f"{_OURS}: addresses a buffer serves per cycle; with 1 a gathered row narrower than the port "
+                    "wastes the rest of it, with more banks up to min(banks, W // row bytes) rows per cycle "
+                    "(no bank conflicts: optimistic)",
     "row_pointer_bytes": f"{_OURS}: CSR row pointers of 2 bytes (column ids: 1 byte if N <= 256, else 2)",
     "sparse_reduction_latency": f"{_OURS}: 8 - 1 cycles to reduce a dot product down one MAC line, "
                                 "paid once per SDDMM stage",
@@ -52,6 +54,7 @@ class Hardware:
     index_buffer: int = 20 * 1024
     out_buffer: int = 108 * 1024
     buffer_read_bytes: int = 64
+    buffer_banks: int = 1
     row_pointer_bytes: int = 2
     sparse_reduction_latency: int = 7
 

@@ -59,9 +59,11 @@ Cycles of a stage (SDDMM, SpMM; the load stage has the decoder) are the
 largest of: the dense engine's array cycles (SCALE-Sim's count of its folds),
 the busiest sparse line (entries * ceil(d/8) + 7 for SDDMM, entries *
 ceil(dv/8) for SpMM), the decoder (ceil(MACs / (L*8))) and each buffer port:
-``ceil(streamed bytes / W) + gathered rows * ceil(row bytes / W)``, with W =
-``buffer_read_bytes``: the engines, the ports and the decoder overlap, and the
-slowest sets the stage. HBM transfers overlap the compute too (double
+``ceil(streamed bytes / W) + ceil(gathered rows / a) * ceil(row bytes / W)``,
+with W = ``buffer_read_bytes`` and ``a = min(buffer_banks, max(1, W // row
+bytes))`` rows per access (one address per bank and cycle: with one bank a
+gathered row narrower than the port wastes the rest of it): the engines, the
+ports and the decoder overlap, and the slowest sets the stage. HBM transfers overlap the compute too (double
 buffering): ``total = max(ceil(HBM bytes / bytes per cycle), sum of stages)``.
 
 On-chip buffers (bytes, checked per buffer before any work; the plan is
@@ -232,11 +234,19 @@ def _dense_gemm(df, a, b, c, m, n, k, rows, cols, compute, row, f_a, f_b):
 
 
 @numba.njit(cache=True)
-def _close_stage(row, w, db, d, dv):
+def _gather_cycles(rows, row_bytes, w, banks):
+    """Port cycles to gather ``rows`` rows of ``row_bytes``: up to min(banks, W // row bytes) rows per access
+    (at least one), each access ceil(row bytes / W) cycles."""
+    per = min(banks, max(1, w // row_bytes))
+    return _ceil_div(rows, per) * _ceil_div(row_bytes, w)
+
+
+@numba.njit(cache=True)
+def _close_stage(row, w, db, d, dv, banks):
     """Port cycles of each buffer and the stage's cycles (the slowest resource), from the stage's counts."""
-    row[F_PQ] = _ceil_div((row[F_DQ] + row[F_DECQ]) * db, w) + row[F_SQR] * _ceil_div(d * db, w)
-    row[F_PK] = _ceil_div((row[F_DK] + row[F_DECK]) * db, w) + row[F_SKR] * _ceil_div(d * db, w)
-    row[F_PV] = _ceil_div(row[F_DV] * db, w) + row[F_SVR] * _ceil_div(dv * db, w)
+    row[F_PQ] = _ceil_div((row[F_DQ] + row[F_DECQ]) * db, w) + _gather_cycles(row[F_SQR], d * db, w, banks)
+    row[F_PK] = _ceil_div((row[F_DK] + row[F_DECK]) * db, w) + _gather_cycles(row[F_SKR], d * db, w, banks)
+    row[F_PV] = _ceil_div(row[F_DV] * db, w) + _gather_cycles(row[F_SVR], dv * db, w, banks)
     row[F_PIDX] = _ceil_div(row[F_SIDX], w)  # index reads are counted in bytes
     out = row[F_DS] + row[F_DOW] + row[F_SS] + row[F_SOW] + row[F_PART]
     row[F_POUT] = _ceil_div(out * db, w)
@@ -252,10 +262,10 @@ def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
          perm, g_arr, dmask, indptr, indices, idx_off, pieces, piece_off, ld_arr, df_arr,
          hw_i, idx_elems, mask_elems, o, qp, kp, vp, kgt, sd, ss, m_, l_, acc, line_busy, line_entries,
          has_part, st_info):
-    """The whole run; see the module docstring. ``hw_i`` = [lines, macs_per_line, W, data_bytes, latency]."""
+    """The whole run; see the module docstring. ``hw_i`` = [lines, macs_per_line, W, data_bytes, latency, banks]."""
     nb, n, d = q.shape[0], q.shape[1], q.shape[2]
     dv = v.shape[2]
-    n_lines, mpl, w, db, lat = hw_i[0], hw_i[1], hw_i[2], hw_i[3], hw_i[4]
+    n_lines, mpl, w, db, lat, banks = hw_i[0], hw_i[1], hw_i[2], hw_i[3], hw_i[4], hw_i[5]
     hc = dec.shape[1]
     zero = scale - scale
     for b in range(nb):
@@ -313,7 +323,7 @@ def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
             memory.load(mem, T_IDX, S_IDX, 0, 1, 0, idx_elems[b])
         if g > 0:
             memory.load(mem, T_MASK, S_MASK, 0, n, 0, mask_elems[b] // n)
-        _close_stage(row, w, db, d, dv)
+        _close_stage(row, w, db, d, dv, banks)
         st_info[1] = ST_LOAD
         if memory.end_step(mem):
             return
@@ -357,7 +367,7 @@ def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
             row[F_SCYC] = mx + lat
         memory.hold(mem, T_S, S_S, 0, n * g + nnz, 0, 1)  # N*G + nnz scores (flattened)
         memory.count_flops(mem, 2 * (n * g + nnz) * d, 0)
-        _close_stage(row, w, db, d, dv)
+        _close_stage(row, w, db, d, dv, banks)
         st_info[1] = ST_SDDMM
         if memory.end_step(mem):
             return
@@ -424,7 +434,7 @@ def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
             row[F_SCYC] = mx
         memory.hold(mem, T_O, S_O, 0, n, 0, dv)
         memory.count_flops(mem, 2 * (n * g + nnz) * dv, 0)
-        _close_stage(row, w, db, d, dv)
+        _close_stage(row, w, db, d, dv, banks)
         st_info[1] = ST_SPMM
         if memory.end_step(mem):
             return
@@ -640,7 +650,7 @@ def vitcod_forward(q, k, v, split, *, hw: Hardware | None = None, design: str = 
     work = dict(o=np.zeros((nb, n, dv), dt), qp=np.zeros((n, d), dt), kp=np.zeros((n, d), dt),
                 vp=np.zeros((n, dv), dt), kgt=np.zeros((d, max(gmax, 1)), dt), sd=np.zeros((n, max(gmax, 1)), dt),
                 ss=np.zeros(nnz_max, dt), m_=np.full(n, -np.inf, dt), l_=np.zeros(n, dt), acc=np.zeros((n, dv), dt))
-    hw_i = np.array([L, mpl, hw.buffer_read_bytes, db, hw.sparse_reduction_latency], np.int64)
+    hw_i = np.array([L, mpl, hw.buffer_read_bytes, db, hw.sparse_reduction_latency, hw.buffer_banks], np.int64)
     stepped = stop_after is not None
     traced = bool(trace) or stepped
 
