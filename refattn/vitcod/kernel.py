@@ -90,11 +90,10 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from refattn import memory
-from refattn.kernels.common import prepare
-from refattn.kernels.contract import KernelResult, Plan, SlotContent, StepState
+from refattn.kernels.common import finalise_rows, prepare, run_with_trace
+from refattn.kernels.contract import KernelResult, Plan, StepState
 from refattn.memory import T_AE, T_IDX, T_K, T_KC, T_MASK, T_O, T_P, T_Q, T_QC, T_S, T_V
 from refattn.pe_array import DATAFLOWS, DF_CODE, fold_counts, simulate_gemm
 from refattn.vitcod.autoencoder import HeadAutoencoder
@@ -260,8 +259,8 @@ def _close_stage(row, w, db, d, dv, banks):
 @numba.njit(cache=True)
 def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
          perm, g_arr, dmask, indptr, indices, idx_off, pieces, piece_off, ld_arr, df_arr,
-         hw_i, idx_elems, mask_elems, o, qp, kp, vp, kgt, sd, ss, m_, l_, acc, line_busy, line_entries,
-         has_part, st_info):
+         hw_i, idx_elems, mask_elems, o, qp, kp, vp, kgt, sd, ss, m_, l_, acc, o_rows, lse_rows, line_busy,
+         line_entries, has_part, st_info):
     """The whole run; see the module docstring. ``hw_i`` = [lines, macs_per_line, W, data_bytes, latency, banks]."""
     nb, n, d = q.shape[0], q.shape[1], q.shape[2]
     dv = v.shape[2]
@@ -438,12 +437,12 @@ def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
         st_info[1] = ST_SPMM
         if memory.end_step(mem):
             return
-        # ---- step 5: store O = acc / l ---------------------------------------------------------------
+        # ---- step 5: store O = acc / l (0 for an empty row) ----------------------------------------
         if compute:
+            finalise_rows(acc, m_, l_, o_rows, lse_rows)
             for i in range(n):
-                dst = perm[b, i]
                 for t in range(dv):
-                    o[b, dst, t] = acc[i, t] / l_[i] if l_[i] > 0 else zero
+                    o[b, perm[b, i], t] = o_rows[i, t]
         memory.store(mem, T_O, S_O, 0, n, 0, dv)
         for s in (S_Q, S_K, S_V, S_IDX, S_MASK, S_S, S_O):
             if mem.slots[s] > 0:
@@ -649,79 +648,66 @@ def vitcod_forward(q, k, v, split, *, hw: Hardware | None = None, design: str = 
     nnz_max = max(int(nnz_arr.max()), 1)
     work = dict(o=np.zeros((nb, n, dv), dt), qp=np.zeros((n, d), dt), kp=np.zeros((n, d), dt),
                 vp=np.zeros((n, dv), dt), kgt=np.zeros((d, max(gmax, 1)), dt), sd=np.zeros((n, max(gmax, 1)), dt),
-                ss=np.zeros(nnz_max, dt), m_=np.full(n, -np.inf, dt), l_=np.zeros(n, dt), acc=np.zeros((n, dv), dt))
+                ss=np.zeros(nnz_max, dt), m_=np.full(n, -np.inf, dt), l_=np.zeros(n, dt), acc=np.zeros((n, dv), dt),
+                o_rows=np.zeros((n, dv), dt), lse_rows=np.zeros(n, dt))
     hw_i = np.array([L, mpl, hw.buffer_read_bytes, db, hw.sparse_reduction_latency, hw.buffer_banks], np.int64)
     stepped = stop_after is not None
-    traced = bool(trace) or stepped
+    traced = bool(trace) or stepped  # stepping always records the trace (docs/contract.md)
+    sram = memory.Sram(capacity, db)
+    box = {}
 
-    def call(cap):
-        mem = memory.new_mem(capacity, trace_capacity=cap, stop_after=stop_after)
+    def call(mem):
         ctr = np.zeros((nb, len(STAGES), len(FIELDS)), np.int64)
         line_busy, line_entries = np.zeros(L, np.int64), np.zeros(L, np.int64)
         st_info = np.zeros(2, np.int64)
         for x in work.values():
             x.fill(0)
-        with threadpool_limits(1, "blas"):
-            _run(mem, ctr, p.q, p.k, p.v, codes_q, codes_k, dec, n_ae, sc, compute, perm, g_arr, dmask, indptr,
-                 indices, idx_off, pieces, piece_off, ld_arr, df_arr, hw_i, idx_elems, mask_elems,
-                 work["o"], work["qp"], work["kp"], work["vp"], work["kgt"], work["sd"], work["ss"], work["m_"],
-                 work["l_"], work["acc"], line_busy, line_entries, np.zeros(n, np.bool_), st_info)
-        return mem, ctr, line_busy, line_entries, st_info
+        _run(mem, ctr, p.q, p.k, p.v, codes_q, codes_k, dec, n_ae, sc, compute, perm, g_arr, dmask, indptr,
+             indices, idx_off, pieces, piece_off, ld_arr, df_arr, hw_i, idx_elems, mask_elems, work["o"], work["qp"],
+             work["kp"], work["vp"], work["kgt"], work["sd"], work["ss"], work["m_"], work["l_"], work["acc"],
+             work["o_rows"], work["lse_rows"], line_busy, line_entries, np.zeros(n, np.bool_), st_info)
+        box.update(ctr=ctr, line_busy=line_busy, line_entries=line_entries, st_info=st_info)
 
-    cap = nb * 16 + 8 if traced else 0
-    mem, ctr, line_busy, line_entries, st_info = call(cap)
-    if traced and mem.cursor[0] > cap:
-        mem, ctr, line_busy, line_entries, st_info = call(int(mem.cursor[0]))
+    mem = run_with_trace(call, sram, trace=traced, trace_estimate=nb * 20 + 8, stop_after=stop_after)
+    ctr = box["ctr"]
     peak = int(mem.sram[1])
     assert peak <= capacity, "vitcod_forward exceeded its buffers: a kernel bug"
     traffic = memory.Traffic.from_counts(mem.counts, db)
-    stopped = stepped  # a stop_after in [1, n_steps] (checked by the plan) always stops there
+    trace_obj = memory.make_trace(mem, SLOTS) if traced else None
+    stopped = bool(stepped and mem.cursor[1] == mem.cursor[2])
     outputs = {} if count_only else {"o": p.restore(work["o"])}
     result = VitcodResult(
-        outputs=outputs, traffic=traffic, peak_sram=peak, sram=memory.Sram(capacity, db),
-        flops=int(mem.ops[memory.OP_FLOPS]), exps=int(mem.ops[memory.OP_EXP]), n_steps=n_steps, plan=plan,
-        trace=memory.make_trace(mem, SLOTS) if traced else None, stopped=stopped, counters=ctr, hw=hw,
+        outputs=outputs, traffic=traffic, peak_sram=peak, sram=sram, flops=int(mem.ops[memory.OP_FLOPS]),
+        exps=int(mem.ops[memory.OP_EXP]), n_steps=int(mem.cursor[1]), plan=plan, trace=trace_obj, stopped=stopped,
+        counters=ctr, hw=hw,
     )
     result.cycles = summarise(ctr, traffic, hw, ld_arr, ls_arr)
     if stopped:
-        result.state = _state(result, mem, ctr, int(stop_after), st_info, sps, piece_list, ld_arr, ls_arr, work,
-                              line_busy, line_entries, traffic)
+        result.state = _state(int(stop_after), box["st_info"], sps, piece_list, ld_arr, ls_arr, work,
+                              box["line_busy"], box["line_entries"], ctr, trace_obj, traffic)
     return result
 
 
-def _state(result, mem, ctr, step, st_info, sps, piece_list, ld_arr, ls_arr, work, line_busy, line_entries, traffic):
+def _state(step, st_info, sps, piece_list, ld_arr, ls_arr, work, line_busy, line_entries, ctr, trace, traffic):
+    """The StepState after ``step``: what each engine and MAC line did in it (module docstring)."""
     b, stage = int(st_info[0]), int(st_info[1])
     s = sps[b]
     n, g, nnz = s.n, s.g, s.nnz
-    L = len(line_busy)
-    eng = np.full(L, -1, np.int64)
+    eng = np.full(len(line_busy), -1, np.int64)
     eng[: ld_arr[b]] = 0
     eng[ld_arr[b]: ld_arr[b] + ls_arr[b]] = 1
     row = ctr[b, stage]
     busy = line_busy.copy()
     if stage in (ST_SDDMM, ST_SPMM) and g:  # the dense lines are the array's columns: busy for its cycles
         busy[: ld_arr[b]] = row[F_DCYC]
-    width = {"Q": s_d(work, "qp"), "Qc": s_d(work, "qp"), "K": s_d(work, "qp"), "Kc": s_d(work, "qp"),
-             "V": s_d(work, "vp"), "O": s_d(work, "vp")}
-    sram = {}
-    for slot, size in enumerate(mem.slots):
-        if size > 0:
-            name = SLOTS[slot]
-            tensor = {"S": "P" if stage >= ST_SOFTMAX else "S"}.get(name, name)
-            wd = width.get(name, 1)
-            sram[name] = SlotContent(tensor, (0, int(size) // wd), (0, wd), int(size))
     arrays = {
         "perm": s.perm.copy(), "s_dense": work["sd"][:, :g].copy(), "s_sparse": work["ss"][:nnz].copy(),
         "m": work["m_"].copy(), "l": work["l_"].copy(), "o_partial": work["acc"].copy(),
         "line_engine": eng, "line_entries": line_entries.copy(), "line_cycles": busy,
         "pieces": piece_list[b].copy(), "counters": {name: int(row[i]) for i, name in enumerate(FIELDS)},
     }
-    return StepState(step=step, phase=STAGES[stage], head=b, rows=(0, n), cols=(0, n), sram=sram, traffic=traffic,
-                     arrays=arrays)
-
-
-def s_d(work, name) -> int:
-    return int(work[name].shape[1])
+    return StepState(step=step, phase=STAGES[stage], head=b, rows=(0, n), cols=(0, n), sram=trace.sram_at(step),
+                     traffic=traffic, arrays=arrays)
 
 
 def summarise(ctr, traffic: memory.Traffic, hw: Hardware, ld_arr, ls_arr) -> dict:
