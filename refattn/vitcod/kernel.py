@@ -107,6 +107,7 @@ STAGES = ("load", "SDDMM", "softmax", "SpMM", "store")
 ST_LOAD, ST_SDDMM, ST_SOFTMAX, ST_SPMM, ST_STORE = range(5)
 SLOTS = ("Q", "Qc", "K", "Kc", "V", "idx", "mask", "S", "O", "AE")
 S_Q, S_QC, S_K, S_KC, S_V, S_IDX, S_MASK, S_S, S_O, S_AE = range(len(SLOTS))
+BUFFERS = ("Q", "K", "V", "index", "out")
 #: which buffer each slot lives in
 SLOT_BUFFER = {"Q": "Q", "Qc": "Q", "AE": "Q", "K": "K", "Kc": "K", "V": "V", "idx": "index", "mask": "index",
                "S": "out", "O": "out"}
@@ -257,10 +258,22 @@ def _close_stage(row, w, db, d, dv, banks):
 
 
 @numba.njit(cache=True)
+def _note_buffers(mem, buf_of_slot, buf_peak):
+    """Occupancy of each buffer now (the sum of its slots, counted by refattn.memory); keep the peak."""
+    occ = np.zeros(buf_peak.shape[0], np.int64)
+    for slot in range(buf_of_slot.shape[0]):
+        if buf_of_slot[slot] >= 0:
+            occ[buf_of_slot[slot]] += mem.slots[slot]
+    for i in range(occ.shape[0]):
+        if occ[i] > buf_peak[i]:
+            buf_peak[i] = occ[i]
+
+
+@numba.njit(cache=True)
 def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
          perm, g_arr, dmask, indptr, indices, idx_off, pieces, piece_off, ld_arr, df_arr,
          hw_i, idx_elems, mask_elems, o, qp, kp, vp, kgt, sd, ss, m_, l_, acc, o_rows, lse_rows, line_busy,
-         line_entries, has_part, st_info):
+         line_entries, has_part, buf_of_slot, buf_peak, st_info):
     """The whole run; see the module docstring. ``hw_i`` = [lines, macs_per_line, W, data_bytes, latency, banks]."""
     nb, n, d = q.shape[0], q.shape[1], q.shape[2]
     dv = v.shape[2]
@@ -324,6 +337,7 @@ def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
             memory.load(mem, T_MASK, S_MASK, 0, n, 0, mask_elems[b] // n)
         _close_stage(row, w, db, d, dv, banks)
         st_info[1] = ST_LOAD
+        _note_buffers(mem, buf_of_slot, buf_peak)
         if memory.end_step(mem):
             return
         # ---- step 2: SDDMM ---------------------------------------------------------------------------
@@ -368,6 +382,7 @@ def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
         memory.count_flops(mem, 2 * (n * g + nnz) * d, 0)
         _close_stage(row, w, db, d, dv, banks)
         st_info[1] = ST_SDDMM
+        _note_buffers(mem, buf_of_slot, buf_peak)
         if memory.end_step(mem):
             return
         # ---- step 3: softmax over both parts (not charged in cycles) ---------------------------------
@@ -396,6 +411,7 @@ def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
             line_busy[i] = 0
             line_entries[i] = 0
         st_info[1] = ST_SOFTMAX
+        _note_buffers(mem, buf_of_slot, buf_peak)
         if memory.end_step(mem):
             return
         # ---- step 4: SpMM ----------------------------------------------------------------------------
@@ -435,6 +451,7 @@ def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
         memory.count_flops(mem, 2 * (n * g + nnz) * dv, 0)
         _close_stage(row, w, db, d, dv, banks)
         st_info[1] = ST_SPMM
+        _note_buffers(mem, buf_of_slot, buf_peak)
         if memory.end_step(mem):
             return
         # ---- step 5: store O = acc / l (0 for an empty row) ----------------------------------------
@@ -454,6 +471,7 @@ def _run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
             line_busy[i] = 0
             line_entries[i] = 0
         st_info[1] = ST_STORE
+        _note_buffers(mem, buf_of_slot, buf_peak)
         if memory.end_step(mem):
             return
 
@@ -466,11 +484,14 @@ class VitcodResult(KernelResult):
     """A :class:`~refattn.kernels.contract.KernelResult` with the engine counters.
 
     ``counters``: int64 (heads, 5 steps, len(FIELDS)) as counted by the loop;
-    ``cycles``: totals (see :func:`summarise`); ``hw``: the hardware.
+    ``cycles``: totals (see :func:`summarise`); ``hw``: the hardware;
+    ``peak_buffers``: the peak bytes each buffer held (its slots' occupancy, counted at
+    the end of every step), never more than the buffer (the plan refuses that).
     """
 
     counters: np.ndarray | None = None
     hw: Hardware | None = None
+    peak_buffers: dict | None = None
 
     def counter(self, name: str, stage: str | None = None) -> int:
         """Sum of counter ``name`` over heads (and over steps, or one step by name)."""
@@ -654,19 +675,24 @@ def vitcod_forward(q, k, v, split, *, hw: Hardware | None = None, design: str = 
     stepped = stop_after is not None
     traced = bool(trace) or stepped  # stepping always records the trace (docs/contract.md)
     sram = memory.Sram(capacity, db)
+    buf_of_slot = np.full(memory.N_SLOTS, -1, np.int64)
+    for i, name in enumerate(SLOTS):
+        buf_of_slot[i] = BUFFERS.index(SLOT_BUFFER[name])
     box = {}
 
     def call(mem):
         ctr = np.zeros((nb, len(STAGES), len(FIELDS)), np.int64)
         line_busy, line_entries = np.zeros(L, np.int64), np.zeros(L, np.int64)
         st_info = np.zeros(2, np.int64)
+        buf_peak = np.zeros(len(BUFFERS), np.int64)
         for x in work.values():
             x.fill(0)
         _run(mem, ctr, p.q, p.k, p.v, codes_q, codes_k, dec, n_ae, sc, compute, perm, g_arr, dmask, indptr,
              indices, idx_off, pieces, piece_off, ld_arr, df_arr, hw_i, idx_elems, mask_elems, work["o"], work["qp"],
              work["kp"], work["vp"], work["kgt"], work["sd"], work["ss"], work["m_"], work["l_"], work["acc"],
-             work["o_rows"], work["lse_rows"], line_busy, line_entries, np.zeros(n, np.bool_), st_info)
-        box.update(ctr=ctr, line_busy=line_busy, line_entries=line_entries, st_info=st_info)
+             work["o_rows"], work["lse_rows"], line_busy, line_entries, np.zeros(n, np.bool_), buf_of_slot, buf_peak,
+             st_info)
+        box.update(ctr=ctr, line_busy=line_busy, line_entries=line_entries, st_info=st_info, buf_peak=buf_peak)
 
     mem = run_with_trace(call, sram, trace=traced, trace_estimate=nb * 20 + 8, stop_after=stop_after)
     ctr = box["ctr"]
@@ -679,7 +705,7 @@ def vitcod_forward(q, k, v, split, *, hw: Hardware | None = None, design: str = 
     result = VitcodResult(
         outputs=outputs, traffic=traffic, peak_sram=peak, sram=sram, flops=int(mem.ops[memory.OP_FLOPS]),
         exps=int(mem.ops[memory.OP_EXP]), n_steps=int(mem.cursor[1]), plan=plan, trace=trace_obj, stopped=stopped,
-        counters=ctr, hw=hw,
+        counters=ctr, hw=hw, peak_buffers={name: int(x) * db for name, x in zip(BUFFERS, box["buf_peak"])},
     )
     result.cycles = summarise(ctr, traffic, hw, ld_arr, ls_arr)
     if stopped:

@@ -239,3 +239,22 @@ def test_counts_equal_closed_forms_on_deit_tiny(design):
         assert r.counter(name) == want, name
     assert r.counter("partial_reads") > 0 and r.counter("sparse_K") > 0
     assert (r.counter("dense_K") > 0) == (design == "split")
+
+
+def test_peak_buffers_counted_equal_the_plan():
+    from refattn.data.vit import load_deit_tiny_mask
+    from refattn.vitcod import HeadAutoencoder
+    from refattn.vitcod.kernel import buffer_needs
+
+    keep, _ = load_deit_tiny_mask()
+    z = np.zeros((1, 3, 197, 64))
+    ae = HeadAutoencoder(np.zeros((2, 3)), np.zeros((3, 2)))
+    for auto in (None, ae):
+        r = vitcod_forward(z, z, z, keep[2], threshold=50, count_only=True, autoencoder=auto)
+        hw = r.hw
+        want = {}
+        for h in r.plan.details["heads"]:
+            need = buffer_needs(197, 64, 64, h["g"], h["nnz"], hw, 2 if auto else 0, 3 if auto else 0)
+            want = {k: max(want.get(k, 0), v) for k, v in need.items()}
+        assert r.peak_buffers == want
+        assert all(r.peak_buffers[k] <= cap for k, cap in hw.buffers().items())
