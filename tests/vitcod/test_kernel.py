@@ -139,6 +139,7 @@ def test_counts_equal_closed_forms(prob, design, count_only):
     assert r.outputs == {} if count_only else set(r.outputs) == {"o"}
     full = r if not count_only else vitcod_forward(q, k, v, mask, design=design, threshold=threshold)
     assert np.array_equal(full.counters, r.counters) and full.traffic == r.traffic
+    assert (full.flops, full.exps, full.peak_sram, full.n_steps) == (r.flops, r.exps, r.peak_sram, r.n_steps)
 
 
 def test_read_width_charges_gathers_per_row_and_streams_per_byte():
