@@ -667,7 +667,8 @@ def vitcod_forward(q, k, v, split, *, hw: Hardware | None = None, design: str = 
         codes_q = codes_k = np.zeros((1, 1, 1, 1), dt)
         dec = np.zeros((1, 1), dt)
     nnz_max = max(int(nnz_arr.max()), 1)
-    work = dict(o=np.zeros((nb, n, dv), dt), qp=np.zeros((n, d), dt), kp=np.zeros((n, d), dt),
+    # count-only runs allocate no N x dv output (docs/contract.md); the rest are the on-chip buffers
+    work = dict(o=np.zeros((nb, n, dv) if compute else (1, 1, 1), dt), qp=np.zeros((n, d), dt), kp=np.zeros((n, d), dt),
                 vp=np.zeros((n, dv), dt), kgt=np.zeros((d, max(gmax, 1)), dt), sd=np.zeros((n, max(gmax, 1)), dt),
                 ss=np.zeros(nnz_max, dt), m_=np.full(n, -np.inf, dt), l_=np.zeros(n, dt), acc=np.zeros((n, dv), dt),
                 o_rows=np.zeros((n, dv), dt), lse_rows=np.zeros(n, dt))
