@@ -11,7 +11,7 @@ from refattn import memory
 from refattn.pe_array import simulate_gemm
 from refattn.reference import attention
 from refattn.vitcod import Hardware, fit_head_autoencoder, vitcod_forward
-from refattn.vitcod.kernel import STAGES, deal_pieces, line_split
+from refattn.vitcod.kernel import FIELDS, STAGES, deal_pieces, line_split
 from refattn.vitcod.reorder import split_mask
 
 
@@ -122,13 +122,13 @@ def _closed_forms(mask, d, dv, hw, threshold, design="split"):
 
 
 @settings(max_examples=20)
-@given(problem(), st.sampled_from(["split", "dense", "sparse"]), st.booleans())
-def test_counts_equal_closed_forms(prob, design, count_only):
+@given(problem(), st.sampled_from(["split", "dense", "sparse"]), st.booleans(),
+       st.sampled_from([Hardware(), Hardware(lines=3, buffer_read_bytes=8, buffer_banks=2)]))
+def test_counts_equal_closed_forms(prob, design, count_only, hw):
     q, k, v, mask, threshold = prob
-    hw = Hardware()
     heads, n, d = q.shape
     dv = v.shape[-1]
-    r = vitcod_forward(q, k, v, mask, design=design, threshold=threshold, count_only=count_only)
+    r = vitcod_forward(q, k, v, mask, design=design, threshold=threshold, count_only=count_only, hw=hw)
     cf = _closed_forms(mask, d, dv, hw, threshold, design)
     t = r.traffic
     assert t.of("Q") == (heads * n * d, 0) and t.of("K") == (heads * n * d, 0)
@@ -137,7 +137,21 @@ def test_counts_equal_closed_forms(prob, design, count_only):
     for name, want in cf.items():
         assert r.counter(name) == want, name
     assert r.outputs == {} if count_only else set(r.outputs) == {"o"}
-    full = r if not count_only else vitcod_forward(q, k, v, mask, design=design, threshold=threshold)
+    # the cycles of every step follow from its counts and the rates (module docstring)
+    w, banks = hw.buffer_read_bytes, hw.buffer_banks
+    for row in r.counters.reshape(-1, r.counters.shape[-1]):
+        c = dict(zip(FIELDS, (int(x) for x in row)))
+
+        def gather(rows, nbytes):
+            return -(-rows // min(banks, max(1, w // nbytes))) * -(-nbytes // w)
+
+        assert c["port_K"] == -(-(c["dense_K"] + c["decode_K"]) // w) + gather(c["sparse_K_rows"], d)
+        assert c["port_V"] == -(-c["dense_V"] // w) + gather(c["sparse_V_rows"], dv)
+        assert c["stage_cycles"] == max(c[f] for f in ("dense_cycles", "sparse_cycles", "decode_cycles", "port_Q",
+                                                       "port_K", "port_V", "port_idx", "port_out"))
+    assert r.cycles["compute"] == int(r.counters[..., -1].sum())
+    assert r.cycles["total"] == max(r.cycles["compute"], math.ceil(r.traffic.bytes / hw.bytes_per_cycle))
+    full = r if not count_only else vitcod_forward(q, k, v, mask, design=design, threshold=threshold, hw=hw)
     assert np.array_equal(full.counters, r.counters) and full.traffic == r.traffic
     assert (full.flops, full.exps, full.peak_sram, full.n_steps) == (r.flops, r.exps, r.peak_sram, r.n_steps)
 
