@@ -11,9 +11,9 @@ Four stages, each a fixed number of launches whose sizes are known up front
                   write P (Z, L, Nk); vertical[c] = sum_r P[r, c] (each program owns its columns)
     3 _slash      grid (Nk / BS, Z): slash[delta] = sum_r P[r, qi[r] - delta]   (gathered along the
                   diagonal, deterministic: no atomics)
-    4 top-k       torch.topk on unique 64-bit keys (score bits << 32 | ~index), then a sort of the k
-                  winners: ties go to the lower index exactly as the CPU's stable sort; the first
-                  ``force_*`` indices score +inf
+    4 top-k       one torch.topk over both score rows, on unique 64-bit keys (score bits << 32 | ~index),
+                  then one sort of the winners: ties go to the lower index exactly as the CPU's stable
+                  sort; the first ``force_*`` indices score +inf
     5 _vs_index   grid (Nq / block, Z), run twice: COUNT the key blocks and single columns of each
                   query block, one cumsum gives the CSR offsets, then WRITE them there
 
@@ -181,8 +181,8 @@ def _first_at_least(OFFS, S, x, S_PAD: tl.constexpr, LOG_S: tl.constexpr):
 @triton.jit
 def _vs_index(OFFS, COLS, COUNTS, CSR_B, CSR_C, BIDX, CIDX,
               N_Q, N_K, OFF, S, V, n_rows,
-              BLOCK: tl.constexpr, S_PAD: tl.constexpr, LOG_S: tl.constexpr, BLOCK_C: tl.constexpr,
-              WRITE: tl.constexpr):
+              BLOCK: tl.constexpr, S_PAD: tl.constexpr, LOG_S: tl.constexpr, V_PAD: tl.constexpr,
+              LOG_V: tl.constexpr, BLOCK_C: tl.constexpr, WRITE: tl.constexpr):
     qb = tl.program_id(0)
     z = tl.program_id(1).to(tl.int64)
     row = z * tl.num_programs(0) + qb
@@ -205,10 +205,11 @@ def _vs_index(OFFS, COLS, COUNTS, CSR_B, CSR_C, BIDX, CIDX,
     n_col = tl.full([], 0, tl.int32)
     if WRITE:
         base_c = tl.load(CSR_C + row)
-    for t in range(0, V, BLOCK_C):
+    n_vis = _first_at_least(COLS + z * V, V, last + 1, V_PAD, LOG_V)  # columns are sorted: c <= last first
+    for t in range(0, n_vis, BLOCK_C):
         offs = t + tl.arange(0, BLOCK_C)
-        c = tl.load(COLS + z * V + offs, mask=offs < V, other=N_K)
-        vis = c <= last
+        vis = offs < n_vis
+        c = tl.load(COLS + z * V + offs, mask=vis, other=0)
         kb0 = (c // BLOCK) * BLOCK
         lo = tl.maximum(tl.maximum(m0 + OFF - kb0 - BLOCK + 1, m0 + OFF - N_K + 1), 0)
         hi = tl.minimum(last - kb0, N_K - 1)
@@ -257,7 +258,8 @@ def _estimate(q, k, last_q, scale, force_vertical, force_slash):
     lpart = torch.empty_like(mpart)
     p = torch.empty((z, L, nk), dtype=f32, device=dev)
     vert, slash = torch.empty((z, nk), dtype=f32, device=dev), torch.empty((z, nk), dtype=f32, device=dev)
-    vkey, skey = (torch.empty((z, nk), dtype=torch.int64, device=dev) for _ in range(2))
+    keys = torch.empty((2, z, nk), dtype=torch.int64, device=dev)           # vertical, slash: one top-k call
+    vkey, skey = keys[0], keys[1]
     common = dict(D=d, BLOCK_D=block_dim(d), LP=lp, BN=bn, NCHUNK=nchunk, PREC=precision(q3.dtype))
     strides = (q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1))
     _est_stats[(nchunk, z)](q3, k3, mpart, lpart, *strides, nq, nk, L, keys_per_chunk, scale, **common)
@@ -265,18 +267,26 @@ def _estimate(q, k, last_q, scale, force_vertical, force_slash):
                           min(force_vertical, nk), **common)
     bs = 64
     _slash[(triton.cdiv(nk, bs), z)](p, slash, skey, nk, L, min(force_slash, nk), LP=lp, BS=bs)
-    return p, vert, vkey, slash, skey
+    return p, vert, slash, keys
 
 
 def vertical_slash_estimate(q, k, *, last_q=64, scale=None):
     """``(estimate (Z, L, Nk) float32, vertical (Z, Nk) float32, slash (Z, Nk) float32)``."""
-    p, vert, _, slash, _ = _estimate(q, k, last_q, scale, 0, 0)
+    p, vert, slash, _ = _estimate(q, k, last_q, scale, 0, 0)
     return p, vert, slash
 
 
-def _top(keys, size):
-    """The ``size`` largest unique keys' indices, sorted ascending (no host sync)."""
-    return torch.sort(torch.topk(keys, size, dim=1, sorted=False).indices, dim=1).values
+def _top(keys, vsize, ssize):
+    """Indices of the vsize (row 0) and ssize (row 1) largest unique keys, each sorted ascending.
+
+    One topk over both rows (k = the larger size, largest first), the tail beyond each row's size pushed
+    past every index, one sort: no host sync."""
+    two, z, nk = keys.shape
+    idx = torch.topk(keys.view(two * z, nk), max(vsize, ssize), dim=1, sorted=True).indices.view(two, z, -1)
+    idx[0, :, vsize:] = nk
+    idx[1, :, ssize:] = nk
+    srt = torch.sort(idx, dim=2).values
+    return srt[0, :, :vsize].contiguous(), srt[1, :, :ssize].contiguous()
 
 
 def vertical_slash_index(q, k, vertical_size, slash_size, *, last_q=64, block=64, scale=None,
@@ -286,14 +296,13 @@ def vertical_slash_index(q, k, vertical_size, slash_size, *, last_q=64, block=64
         raise ValueError(f"vertical_slash_index: need last_q >= 1 and block >= 1, got {last_q}, {block}")
     if int(block) not in (16, 32, 64, 128):
         raise ValueError(f"vertical_slash_index: block must be 16, 32, 64 or 128, got {block}")
-    est, vert, vkey, slash, skey = _estimate(q, k, last_q, scale, int(force_vertical), int(force_slash))
+    est, vert, slash, keys = _estimate(q, k, last_q, scale, int(force_vertical), int(force_slash))
     z, _, nk = est.shape
     nq = q.shape[-2]
     dev = est.device
     vsize = min(nk, max(int(vertical_size), MIN_VERTICAL))
     ssize = min(nk, max(int(slash_size), MIN_SLASH))
-    columns = _top(vkey, vsize)                                            # (Z, V) int64
-    offsets = _top(skey, ssize)                                            # (Z, S) int64
+    columns, offsets = _top(keys, vsize, ssize)                            # (Z, V), (Z, S) int64
     nqb, nkb = triton.cdiv(nq, block), triton.cdiv(nk, block)
     n_rows = z * nqb
     # counts[0, 1 + row] = key blocks of row, counts[1, 1 + row] = single columns; cumsum -> CSR offsets
@@ -302,7 +311,9 @@ def vertical_slash_index(q, k, vertical_size, slash_size, *, last_q=64, block=64
     cidx = torch.empty(n_rows * vsize, dtype=torch.int32, device=dev)
     args = (offsets, columns, counts, counts[0], counts[1], bidx, cidx, nq, nk, nk - nq, ssize, vsize, n_rows)
     s_pad = max(16, triton.next_power_of_2(ssize))
-    meta = dict(BLOCK=block, S_PAD=s_pad, LOG_S=s_pad.bit_length(), BLOCK_C=256)
+    v_pad = max(16, triton.next_power_of_2(vsize))
+    meta = dict(BLOCK=block, S_PAD=s_pad, LOG_S=s_pad.bit_length(), V_PAD=v_pad, LOG_V=v_pad.bit_length(),
+                BLOCK_C=256)
     _vs_index[(nqb, z)](*args, WRITE=False, **meta)
     counts.cumsum_(1)
     _vs_index[(nqb, z)](*args, WRITE=True, **meta)
