@@ -68,11 +68,13 @@ import numpy as np
 TENSORS = (
     "Q", "K", "V", "O", "S", "P", "L", "m", "l",
     "dO", "dQ", "dK", "dV", "D", "dP", "dS", "idx", "mask",
+    "Qc", "Kc", "AE",  # ViTCoD: auto-encoded Q and K (codes) and the decoder weights
 )
 TENSOR_ID = {name: i for i, name in enumerate(TENSORS)}
 N_TENSORS = len(TENSORS)
 (T_Q, T_K, T_V, T_O, T_S, T_P, T_L, T_M, T_LSUM,
- T_DO, T_DQ, T_DK, T_DV, T_D, T_DP, T_DS, T_IDX, T_MASK) = range(N_TENSORS)
+ T_DO, T_DQ, T_DK, T_DV, T_D, T_DP, T_DS, T_IDX, T_MASK) = range(18)
+T_QC, T_KC, T_AE = TENSOR_ID["Qc"], TENSOR_ID["Kc"], TENSOR_ID["AE"]
 
 #: Maximum number of on-chip slots a kernel may use.
 N_SLOTS = 16
@@ -428,6 +430,19 @@ CHIPS = {
         source=(
             "NVIDIA H100 Tensor Core GPU Architecture whitepaper (2022), SXM5: 80 GB HBM3 at 3.35 TB/s, "
             "132 SMs with up to 228 KB shared memory each, 989 TFLOP/s dense BF16 tensor."
+        ),
+    ),
+    "h200": Chip(
+        name="H200-SXM-like",
+        hbm_bandwidth=4.8e12,
+        sram_bytes=228 * 1024,
+        units=132,
+        peak_flops=989e12,
+        bytes_per_element=2,
+        source=(
+            "NVIDIA H200 Tensor Core GPU datasheet (2024), SXM: 141 GB HBM3e at 4.8 TB/s, 989 TFLOP/s dense "
+            "BF16 tensor (the H100's Hopper chip: 132 SMs, up to 228 KB shared memory each, per the H100 "
+            "whitepaper). gpu_optional.predict replaces the two rates by microbenchmarks on the GPU in hand."
         ),
     ),
     "vitcod": Chip(

@@ -74,9 +74,12 @@ import numpy as np
 from refattn import memory
 from refattn.kernels.common import (
     balanced_order,
+    close_step,
+    enter_tile,
     finish,
     grad_input,
     grad_outputs,
+    load_kv_once,
     new_tasks,
     plan_blocks,
     prepare,
@@ -85,7 +88,6 @@ from refattn.kernels.common import (
     run_with_trace,
     score_tile,
     step_state,
-    stop_here,
     task_mem,
     visibility,
     warn_if_costly,
@@ -100,20 +102,16 @@ from refattn.memory import (
     T_DQ,
     T_DS,
     T_DV,
-    T_K,
     T_L,
     T_MASK,
     T_O,
     T_P,
     T_Q,
     T_S,
-    T_V,
     count_flops,
-    free_all,
     hold,
     load,
     set_head,
-    skip,
     store,
 )
 from refattn.validation import check_product_range
@@ -177,8 +175,7 @@ def _pre_pass(mem, dims, b, q, o, do, bq, dq, dh, info, compute):
         store(mem, T_D, B_D, r0, r1, 0, 1)
         hold(mem, T_DQ, B_DQ, r0, r1, 0, d)
         store(mem, T_DQ, B_DQ, r0, r1, 0, d)
-        free_all(mem)
-        if stop_here(mem, info, 0, b, r0, r1, 0, 0):
+        if close_step(mem, info, 0, b, r0, r1, 0, 0, True):
             return True
     return False
 
@@ -234,14 +231,9 @@ def _key_block(mem, dims, b, j, q, k, v, lse, do, mask, has_mask, scale, causal,
         r0 = i * bq
         r1 = min(r0 + bq, nq)
         br = r1 - r0
-        vis = visibility(r0, r1, c0, c1, causal, off)
-        if vis == 0:
-            skip(mem, r0, r1, c0, c1)
-        else:
-            if not kv_loaded:
-                load(mem, T_K, B_K, c0, c1, 0, d)
-                load(mem, T_V, B_V, c0, c1, 0, dv)
-                kv_loaded = True
+        vis = enter_tile(mem, r0, r1, c0, c1, causal, off)
+        if vis != 0:
+            kv_loaded = load_kv_once(mem, kv_loaded, B_K, B_V, c0, c1, d, dv)
             load(mem, T_Q, B_Q, r0, r1, 0, d)
             load(mem, T_DO, B_DO, r0, r1, 0, dv)
             load(mem, T_L, B_L, r0, r1, 0, 1)
@@ -282,8 +274,7 @@ def _key_block(mem, dims, b, j, q, k, v, lse, do, mask, has_mask, scale, causal,
                 dv_[b, c0:c1] = dvj.astype(dv_.dtype)
             store(mem, T_DK, B_DK, c0, c1, 0, d)
             store(mem, T_DV, B_DV, c0, c1, 0, dv)
-            free_all(mem)
-        if stop_here(mem, info, 1, b, r0, r1, c0, c1):
+        if close_step(mem, info, 1, b, r0, r1, c0, c1, i == tr - 1):
             if compute:
                 st_dk[:bc] = dkj
                 st_dv[:bc] = dvj
