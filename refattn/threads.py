@@ -38,7 +38,7 @@ import functools
 
 __all__ = ["blas_one_thread", "load_blas", "describe", "EXP_NOTE"]
 
-#: How the kernels compute exponentials (see refattn/kernels/fastexp.py).
+#: How the kernels compute exponentials (refattn/kernels/fastexp.py, docs/speed.md).
 EXP_NOTE = ("float32: refattn's branch-free polynomial exp (Cephes expf coefficients, < 1 ulp, vectorised by LLVM); "
             "float64: libm exp")
 

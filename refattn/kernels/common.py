@@ -31,7 +31,7 @@ import numpy as np
 
 from refattn import memory
 from refattn.kernels.contract import KernelResult, Plan, StepState
-from refattn.kernels.fastexp import fast_exp
+from refattn.kernels.fastexp import fast_exp  # noqa: F401  (the kernels' exp, re-exported)
 from refattn.threads import blas_one_thread
 from refattn.validation import (
     KERNEL_DTYPES,
@@ -369,7 +369,7 @@ def score_tile(q_tile, k_tile, n, out, scale, r0, cols, causal, off, mask, has_m
     S[r, c] = scale * q_r . k_c. Entries hidden by the causal mask (when ``causal``: key c
     visible to row r iff c <= r + off) or by ``mask[b]`` (when ``has_mask``) are -inf.
 
-    Why transposed and unscaled (the CPU speed of docs/design.md): the row statistics of S
+    Why transposed and unscaled (docs/speed.md): the row statistics of S
     (max, sum over keys) become column operations of S^T, which vectorise across query
     rows in the order of a per-row loop (same sums, bit for bit), and the scale is applied
     where the tile is read next (``exp(eff * st - shift)``) instead of in a pass of its own.

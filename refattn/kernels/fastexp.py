@@ -1,4 +1,4 @@
-"""A vectorisable float32 exponential for the kernels' softmax tiles.
+"""A vectorisable float32 exponential for the kernels' softmax tiles (docs/speed.md).
 
 Why: the FlashAttention tiles spend most of their non-matmul time in ``exp``
 (one per score). Numba calls libm's scalar ``expf`` for ``np.exp`` (about 2 ns

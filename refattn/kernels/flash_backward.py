@@ -76,6 +76,7 @@ from refattn.kernels.common import (
     balanced_order,
     close_step,
     enter_tile,
+    fast_exp,
     finish,
     grad_input,
     grad_outputs,
@@ -93,7 +94,6 @@ from refattn.kernels.common import (
     warn_if_costly,
 )
 from refattn.kernels.contract import Plan
-from refattn.kernels.fastexp import fast_exp
 from refattn.memory import (
     T_D,
     T_DK,
@@ -127,6 +127,9 @@ PHASES = ("pre-pass", "main")
 #: block) tasks use the parallel driver; smaller ones the serial one. Both run the same
 #: ``_key_block`` and add the dQ contributions in the same order: tests prove they agree bit for bit.
 PARALLEL_MIN_WORK = 1 << 22
+#: The parallel driver runs key blocks in waves whose dQ contributions (one (Nq, d) buffer per
+#: task) take at most this many bytes; after each wave they are added to dQ in key-block order.
+WAVE_BYTES = 32 << 20
 
 
 def slot_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool) -> dict:
@@ -378,8 +381,8 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
         if traced or not compute or nb * tc < 2 or nb * nq * nk * (d + dv) < PARALLEL_MIN_WORK:
             _backward_serial(mem, *args)
         else:
-            # tasks per wave: as many as 32 MiB of dQ contributions hold (at least two per thread)
-            wave = min(nb * tc, max(2 * numba.get_num_threads(), (32 << 20) // (nq * d * dt.itemsize)))
+            # tasks per wave: as many as WAVE_BYTES of dQ contributions hold (at least two per thread)
+            wave = min(nb * tc, max(2 * numba.get_num_threads(), WAVE_BYTES // (nq * d * dt.itemsize)))
             part = np.empty((wave, hq, d), dt)  # per-task dQ contributions of one wave
             _backward_parallel(mem, *args, new_tasks(nb * tc, sram.capacity), part)
 
