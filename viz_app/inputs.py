@@ -132,14 +132,16 @@ def make_inputs(source: str, n: int, d: int, *, seed: int = 0, uploaded=None):
 
         return random_qkv(n, d, seed=seed)
     if source == "structured":
-        synthetic = optional_module("refattn.data.synthetic")
-        if synthetic is None:
-            raise InputError("structured inputs (refattn.data.synthetic) are not available yet")
-        return structured_qkv(synthetic, n, d, seed)
+        from refattn.data.synthetic import structured_qkv
+
+        try:
+            q, k, v, _ = structured_qkv(n, d, 1, seed=seed)
+        except ValueError as exc:  # sizes the generator does not support (n < 64, d < 32): say so in the page
+            raise InputError(f"structured inputs: {exc}") from None
+        return tuple(np.ascontiguousarray(x[0], np.float32) for x in (q, k, v))
     if source == "real":
-        real = optional_module("refattn.data.real")
-        if real is None:
-            raise InputError("real inputs (refattn.data.real) are not available")
+        from refattn.data import real
+
         try:
             att = real.minilm_attention(max_tokens=n)
         except Exception as exc:  # noqa: BLE001 - the [real] extra missing: say so in the page
@@ -152,29 +154,3 @@ def make_inputs(source: str, n: int, d: int, *, seed: int = 0, uploaded=None):
             raise InputError("no Q/K/V uploaded yet: use the Inputs page")
         return uploaded
     raise InputError(f"unknown input source {source!r}")
-
-
-def structured_qkv(synthetic, n, d, seed):
-    """Call the synthetic generator (its public name may vary while it lands)."""
-    for fn in ("structured_qkv", "long_context_qkv", "synthetic_qkv", "make_qkv"):
-        if hasattr(synthetic, fn):
-            try:
-                out = getattr(synthetic, fn)(n, d, seed=seed)
-            except ValueError as exc:  # e.g. sizes the generator does not support: say so in the page
-                raise InputError(f"structured inputs: {exc}") from None
-            q, k, v = (out[key] for key in ("q", "k", "v")) if isinstance(out, dict) else out[:3]
-            q, k, v = (np.asarray(x) for x in (q, k, v))
-            while q.ndim > 2:
-                q, k, v = q[0], k[0], v[0]
-            return tuple(np.ascontiguousarray(x, np.float32) for x in (q, k, v))
-    raise InputError("refattn.data.synthetic has no Q/K/V generator the app knows")
-
-
-def optional_module(name: str):
-    """Import a refattn part that may not have landed yet; None if it is missing."""
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None

@@ -3,11 +3,12 @@
 import streamlit as st
 
 from refattn.memory import CHIPS
-from viz_app import figures, runs, stepper, views
+from viz_app import claims, runs, views
 
 st.title("FlashAttention forward, tile by tile")
 st.caption("Each step is one tile of the kernel's loop. Every number is counted by the kernel's own loads and "
-           "stores on the simulated SRAM/HBM hierarchy (refattn.memory), replayed here from its trace.")
+           "stores on the simulated SRAM/HBM hierarchy (refattn.memory), replayed here from its trace. The run is "
+           "sent to your browser once: stepping, play and the slider work there without asking the server.")
 
 sb = st.sidebar
 sb.header("Forward settings")
@@ -24,48 +25,35 @@ variant = sb.radio("loop order", ["fa2", "fa1"], key="fwd_variant",
 causal = sb.toggle("causal (bottom-right)", value=False, key="fwd_causal")
 q, k, v = views.choose_inputs(n, d, key="fwd")
 
-if not runs.available("flash_forward"):
-    views.not_available("The FlashAttention forward kernel", "refattn.flash_forward")
-    st.stop()
-
-try:
-    flash = runs.forward_run("flash", q, k, v, m, variant, causal)
-except (ValueError, TypeError) as exc:  # SramTooSmall and bad input carry a clear message
-    st.error(f"FlashAttention: {exc}")
-    st.stop()
-standard, standard_error = None, None
-if runs.available("standard_forward"):
+with st.status(f"running FlashAttention ({variant.upper()}) and the standard kernel, traced "
+               "(the first run compiles the kernels with Numba: up to a minute)...", expanded=False) as status:
     try:
+        status.update(label=f"FlashAttention {variant.upper()} forward: running (compiles on first use)...")
+        flash = runs.forward_run("flash", q, k, v, m, variant, causal)
+    except (ValueError, TypeError) as exc:  # SramTooSmall and bad input carry a clear message
+        status.update(label="FlashAttention: refused", state="error")
+        st.error(f"FlashAttention: {exc}")
+        st.stop()
+    standard, standard_error = None, None
+    try:
+        status.update(label="standard forward: running (compiles on first use)...")
         standard = runs.forward_run("standard", q, k, v, m, variant, causal)
     except (ValueError, TypeError) as exc:
         standard_error = str(exc)
+    window = views.choose_window(flash, key="fwd")
+    steps = views.choose_state_steps(flash, window, key="fwd")
+    status.update(label=f"FlashAttention: running state of steps {steps[0]}-{steps[-1]} (stop_after)..."
+                  if steps else "preparing the player...")
+    states = runs.forward_states(q, k, v, m, variant, causal, steps) if steps else None
+    status.update(label=f"ready: flash {flash.n_steps} steps"
+                  + (f", standard {standard.n_steps} steps" if standard else ""), state="complete")
 
-plan = flash.plan
-st.markdown(" · ".join(f"**{key}** = {val}" for key, val in plan.summary().items()))
+st.markdown(" · ".join(f"**{key}** = {val}" for key, val in flash.plan.summary().items()))
+if standard is not None:
+    st.markdown(claims.traffic_sentence("flash", flash.traffic.total, "standard", standard.traffic.total,
+                                        where="Whole run"))
+elif standard_error:
+    st.error(f"Standard kernel: {standard_error}")
 
-interval = stepper.play_controls("fwd")
-
-
-@st.fragment(run_every=interval)
-def step_view():
-    last = max(figures.last_step(flash.trace), figures.last_step(standard.trace) if standard else 0)
-    step = stepper.step_controls("fwd", last)
-    left, right = st.columns(2)
-    with left:
-        s = min(step, figures.last_step(flash.trace))
-        state = None
-        if 1 <= s <= flash.n_steps:
-            state = runs.forward_state("flash", q, k, v, m, variant, causal, s)
-        views.kernel_view(f"FlashAttention ({variant.upper()})", "flash", flash, step, q.shape[0], k.shape[0],
-                          state=state, key="fwd_flash")
-    with right:
-        if standard is not None:
-            views.kernel_view("Standard attention", "standard", standard, step, q.shape[0], k.shape[0],
-                              key="fwd_std")
-        elif standard_error:
-            st.error(f"Standard kernel: {standard_error}")
-        else:
-            views.not_available("The standard kernel", "refattn.standard_forward")
-
-
-step_view()
+runs_ = [(f"FlashAttention ({variant.upper()})", flash)] + ([("standard", standard)] if standard else [])
+views.step_player(runs_, q.shape[0], k.shape[0], window=window, states=states, key="fwd")

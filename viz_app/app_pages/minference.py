@@ -3,17 +3,13 @@
 import numpy as np
 import streamlit as st
 
-from viz_app import figures, runs, stepper, views
+from viz_app import figures, stepper, views
 
 st.title("MInference: dynamic sparse prefill")
 st.caption("Per head: estimate a pattern from the input itself (vertical-slash: the last 64 queries; block-sparse: "
            "mean-pooled blocks), build an index set of key blocks and single key columns, and run only those "
            "tiles. Inputs: causal Q/K/V with planted structure (refattn.data.synthetic), one head of each kind.")
 
-needed = ("refattn.patterns", "refattn.patterns.search", "refattn.patterns.metrics", "refattn.data.synthetic")
-if not (all(runs.module_available(m) for m in needed) and runs.available("sparse_forward")):
-    views.not_available("The MInference view", ", ".join(needed) + " and refattn.sparse_forward")
-    st.stop()
 
 
 @st.cache_data(max_entries=4, show_spinner="generating inputs...")
@@ -102,7 +98,8 @@ if name == "vertical_slash":
                                        x_title="offset i - j", kept=built.offsets), width="stretch", key="mi_slash")
 elif name == "block_sparse":
     st.plotly_chart(figures.attention_map(np.where(np.isfinite(built.block_scores), built.block_scores, np.nan),
-                                          title="block scores (mean-pooled Q·K per 64-token block)", log=False),
+                                          title="block scores (mean-pooled Q·K per 64-token block)", log=False,
+                                          value_name="block score"),
                     width="stretch", key="mi_blocks")
 
 st.subheader("The sparse kernel, tile by tile")

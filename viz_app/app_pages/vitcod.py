@@ -3,16 +3,13 @@
 import numpy as np
 import streamlit as st
 
-from viz_app import figures, runs, views
+from viz_app import figures
 
 st.title("ViTCoD: split sparse and dense attention")
 st.caption("A fixed attention mask (pruned once from averaged maps); global tokens moved to the front, so the first "
            "G columns form a dense block for the denser engine and the rest is a sparse, mostly local pattern for "
            "the sparser engine. Cycle counts from refattn.vitcod.engines on the shared PE-array model.")
 
-if not all(runs.module_available(m) for m in ("refattn.vitcod", "refattn.pe_array", "refattn.data.vit")):
-    views.not_available("The ViTCoD view", "refattn.vitcod, refattn.pe_array and refattn.data.vit")
-    st.stop()
 
 
 @st.cache_data(max_entries=2, show_spinner="loading the DeiT-Tiny mask...")
