@@ -3,13 +3,45 @@
 from __future__ import annotations
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 from viz_app import playback, player
 from viz_app.inputs import REAL_HEAD, REAL_LAYER, InputError, make_inputs
 
 SOURCES = {"random": "random Gaussian", "structured": "structured (synthetic)", "real": "real (MiniLM head)",
            "uploaded": "uploaded (Inputs page)"}
+
+
+def seed_from_query(params: dict) -> None:
+    """Start widgets from the page's URL once (e.g. ``?n=256&d=8&m=256&causal=1``): links show a setting.
+
+    ``params``: {query name: (session key, type)}. Values the widget does not offer are ignored by it.
+    """
+    ss = st.session_state
+    if ss.get("_seeded_" + str(sorted(params))):
+        return
+    ss["_seeded_" + str(sorted(params))] = True
+    for name, (key, kind) in params.items():
+        if name in st.query_params and key not in ss:
+            raw = st.query_params[name]
+            try:
+                ss[key] = bool(int(raw)) if kind is bool else kind(raw)
+            except ValueError:
+                pass
+
+
+def initial(key: str, value) -> dict:
+    """``value=`` for a widget unless its key already holds a value (no "default and Session State" warning)."""
+    return {} if key in st.session_state else {"value": value}
+
+
+def uploaded_in_use(key: str) -> bool:
+    """Is the page's input source (radio ``{key}_source``) the uploaded Q/K/V?"""
+    return st.session_state.get(f"{key}_source") == "uploaded" and st.session_state.get("uploaded_qkv") is not None
+
+
+def uploaded_shape() -> tuple[int, int]:
+    q = st.session_state["uploaded_qkv"][0]
+    return int(q.shape[0]), int(q.shape[1])
 
 
 def choose_inputs(n: int, d: int, *, key: str):
@@ -72,6 +104,5 @@ def step_player(runs_: list[tuple[str, object]], nq: int, nk: int, *, window=Non
     jumps = [(f"{lab} (step {a})", a) for lab, a, b in playback.segments(first)
              if window is None or window[0] <= a <= window[1]]
     start = 0 if window is None or window[0] == 1 else window[0] - 1
-    components.html(player.player_html(panels, jumps=jumps, start=start), height=player.height(panels),
-                    scrolling=True)
+    st.iframe(player.player_html(panels, jumps=jumps, start=start), height=player.height(panels))
     return panels

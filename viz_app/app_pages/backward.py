@@ -9,12 +9,20 @@ st.caption("FlashAttention's backward re-reads Q, K, V tiles and rebuilds P on c
            "dQ is read, updated and written back every step, while dK and dV accumulate on chip and are written "
            "once per key block. The standard backward reads the N x N matrix P from HBM instead.")
 
+views.seed_from_query({"n": ("bwd_n", int), "d": ("bwd_d", int), "m": ("bwd_m", int),
+                       "causal": ("bwd_causal", bool)})
 sb = st.sidebar
 sb.header("Backward settings")
-n = sb.select_slider("N (sequence length)", [32, 64, 128], value=64, key="bwd_n")
-d = sb.select_slider("d (head dim)", [8, 16, 32], value=16, key="bwd_d")
-m = sb.select_slider("M (elements)", [512, 1024, 2048, 4096, 8192], value=2048, key="bwd_m")
-causal = sb.toggle("causal (bottom-right)", value=False, key="bwd_causal")
+if views.uploaded_in_use("bwd"):  # N and d come from the upload: no sliders showing other values
+    n, d = views.uploaded_shape()
+    sb.caption(f"N = {n}, d = {d}: from the uploaded Q/K/V")
+else:
+    n = sb.select_slider("N (sequence length)", [32, 64, 128], **views.initial("bwd_n", 64),
+                          key="bwd_n")
+    d = sb.select_slider("d (head dim)", [8, 16, 32], **views.initial("bwd_d", 16),
+                          key="bwd_d")
+m = sb.select_slider("M (elements)", [512, 1024, 2048, 4096, 8192], **views.initial("bwd_m", 2048), key="bwd_m")
+causal = sb.toggle("causal (bottom-right)", **views.initial("bwd_causal", False), key="bwd_causal")
 q, k, v = views.choose_inputs(n, d, key="bwd")
 
 with st.status("running both backward kernels, traced (the first run compiles them with Numba)...",

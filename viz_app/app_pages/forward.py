@@ -10,19 +10,28 @@ st.caption("Each step is one tile of the kernel's loop. Every number is counted 
            "stores on the simulated SRAM/HBM hierarchy (refattn.memory), replayed here from its trace. The run is "
            "sent to your browser once: stepping, play and the slider work there without asking the server.")
 
+views.seed_from_query({"n": ("fwd_n", int), "d": ("fwd_d", int), "m": ("fwd_m", int),
+                       "causal": ("fwd_causal", bool)})
 sb = st.sidebar
 sb.header("Forward settings")
-n = sb.select_slider("N (sequence length)", [32, 64, 128, 256], value=64, key="fwd_n")
-d = sb.select_slider("d (head dim)", [8, 16, 32, 64], value=16, key="fwd_d")
+if views.uploaded_in_use("fwd"):  # N and d come from the upload: no sliders showing other values
+    n, d = views.uploaded_shape()
+    sb.caption(f"N = {n}, d = {d}: from the uploaded Q/K/V")
+else:
+    n = sb.select_slider("N (sequence length)", [32, 64, 128, 256], **views.initial("fwd_n", 64),
+                          key="fwd_n")
+    d = sb.select_slider("d (head dim)", [8, 16, 32, 64], **views.initial("fwd_d", 16),
+                          key="fwd_d")
 m_choice = sb.radio("SRAM size M", ["custom", *CHIPS], key="fwd_m_choice",
                     format_func=lambda c: c if c == "custom" else f"{CHIPS[c].name} ({CHIPS[c].sram_elements} el.)")
 if m_choice == "custom":
-    m = sb.select_slider("M (elements)", [256, 512, 1024, 2048, 4096, 8192], value=1024, key="fwd_m")
+    m = sb.select_slider("M (elements)", [256, 512, 1024, 2048, 4096, 8192], **views.initial("fwd_m", 1024),
+                         key="fwd_m")
 else:
     m = CHIPS[m_choice].sram_elements
 variant = sb.radio("loop order", ["fa2", "fa1"], key="fwd_variant",
                    format_func={"fa2": "FA2 (queries outer)", "fa1": "FA1 (keys outer)"}.get)
-causal = sb.toggle("causal (bottom-right)", value=False, key="fwd_causal")
+causal = sb.toggle("causal (bottom-right)", **views.initial("fwd_causal", False), key="fwd_causal")
 q, k, v = views.choose_inputs(n, d, key="fwd")
 
 with st.status(f"running FlashAttention ({variant.upper()}) and the standard kernel, traced "
