@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn.memory import EV_FREE, EV_LOAD, EV_SKIP, EV_STORE, TENSOR_ID, TENSORS, Trace
+from refattn.memory import EV_COMPUTE, EV_FREE, EV_LOAD, EV_SKIP, EV_STORE, TENSOR_ID, TENSORS, Trace
 from viz_app import pseudocode
 
 #: Tensors whose events are score tiles (query rows x key columns).
@@ -52,26 +52,42 @@ def tile_edges(trace: Trace, nq: int, nk: int, plan=None):
         rows = np.unique(np.r_[np.arange(0, nq, int(blocks["Br"])), nq])
         cols = np.unique(np.r_[np.arange(0, nk, int(blocks["Bc"])), nk])
         return rows, cols
-    rec = _tile_records(trace.records)
+    rec = _tile_records(trace.records, plan.kernel if plan is not None else "")
     rows = np.unique(np.clip(np.r_[0, nq, rec[:, 5], rec[:, 6]], 0, nq))
     cols = np.unique(np.clip(np.r_[0, nk, rec[:, 7], rec[:, 8]], 0, nk))
     return rows, cols
 
 
-def _tile_records(rec):
+def _tile_records(rec, kernel: str = ""):
+    """Records of score tiles (query rows x key columns) and skips.
+
+    The sparse kernel's S events of a gathered tile index its column list, not key columns, so
+    for it the key columns come from the K rows loaded in the same step (see refattn/kernels/sparse.py).
+    """
+    if kernel.startswith("sparse"):
+        out = [rec[rec[:, 1] == EV_SKIP]]
+        comp = rec[(rec[:, 1] == EV_COMPUTE) & (rec[:, 2] == TENSOR_ID["S"])]
+        loads = rec[(rec[:, 1] == EV_LOAD) & (rec[:, 2] == TENSOR_ID["K"])]
+        for c in comp:
+            ks = loads[loads[:, 0] == c[0]]
+            r = np.repeat(c[None], len(ks), 0)
+            r[:, 7], r[:, 8] = ks[:, 5], ks[:, 6]
+            out.append(r)
+        rec = np.concatenate(out)
+        return rec[np.argsort(rec[:, 0], kind="stable")]
     ids = [TENSOR_ID[t] for t in TILE_TENSORS]
     keep = (np.isin(rec[:, 2], ids) & (rec[:, 1] != EV_FREE)) | (rec[:, 1] == EV_SKIP)
     return rec[keep]
 
 
-def tile_events(trace: Trace, rows, cols, head: int = 0):
+def tile_events(trace: Trace, rows, cols, head: int = 0, kernel: str = ""):
     """Score-tile events as tile-index ranges: dict of int arrays step, i0, i1, j0, j1, skip (time order).
 
     A tile event is any load, store or compute of S, P, dP or dS (their rows are queries, their
     columns keys: this covers the standard kernels' P.V and dS passes, which only load tiles)
     and every skip event (a fully masked tile).
     """
-    rec = _tile_records(trace.records)
+    rec = _tile_records(trace.records, kernel)
     rec = rec[rec[:, 4] == head]
     return {
         "step": rec[:, 0], "skip": (rec[:, 1] == EV_SKIP).astype(np.int64),
@@ -87,7 +103,7 @@ def tile_states(trace: Trace, pos: int, nq: int, nk: int, plan=None, head: int =
     The browser does the same replay (viz_app/player.html); this is its reference.
     """
     rows, cols = tile_edges(trace, nq, nk, plan)
-    ev = tile_events(trace, rows, cols, head)
+    ev = tile_events(trace, rows, cols, head, plan.kernel if plan is not None else "")
     states = np.zeros((len(rows) - 1, len(cols) - 1), np.int64)
     current = np.zeros_like(states, bool)
     for s, sk, i0, i1, j0, j1 in zip(*(ev[k] for k in ("step", "skip", "i0", "i1", "j0", "j1"))):
@@ -119,7 +135,7 @@ def segments(result) -> list[tuple[str, int, int]]:
             head = next((i for i in range(min(lit) if lit else 0, -1, -1) if code[i].text[:1] in "FB"), 0)
             labels.append(code[head].text.split(":")[0])
     else:
-        tiles = _tile_records(rec)
+        tiles = _tile_records(rec, plan.kernel)
         axis = _outer_axis(key)
         block = plan.blocks.get("Bc" if axis == 7 else "Br") or plan.blocks.get("block") or 1
         first = np.full(n + 2, -1, np.int64)
@@ -231,7 +247,7 @@ def payload(result, nq: int, nk: int, label: str, *, window: tuple[int, int] | N
     key = pseudocode.kernel_key(plan.kernel)
     rec, starts = _by_step(trace)
     rows, cols = tile_edges(trace, nq, nk, plan)
-    ev = tile_events(trace, rows, cols, head)
+    ev = tile_events(trace, rows, cols, head, plan.kernel)
     before = ev["step"] < a
     base = np.zeros((len(rows) - 1, len(cols) - 1), np.int64)
     for sk, i0, i1, j0, j1 in zip(*(ev[k][before] for k in ("skip", "i0", "i1", "j0", "j1"))):

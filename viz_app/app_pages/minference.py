@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from viz_app import figures, stepper, views
+from viz_app import figures, views
 
 st.title("MInference: dynamic sparse prefill")
 st.caption("Per head: estimate a pattern from the input itself (vertical-slash: the last 64 queries; block-sparse: "
@@ -33,7 +33,19 @@ def candidates(n, seed, head):
     from refattn.patterns.search import default_candidates
 
     q, k, _, _ = inputs(n, seed)
-    return default_candidates(q[head], k[head])
+    cands, target = default_candidates(q[head], k[head])
+    return unique_candidates(cands), target
+
+
+def unique_candidates(cands):
+    """The candidates once each (the search may list a (pattern, params) pair twice)."""
+    seen, out = set(), []
+    for name, params in cands:
+        key = (name, tuple(sorted(params.items())))
+        if key not in seen:
+            seen.add(key)
+            out.append((name, params))
+    return out
 
 
 @st.cache_data(max_entries=32, show_spinner="building the index set and running the sparse kernel...")
@@ -103,30 +115,19 @@ elif name == "block_sparse":
                     width="stretch", key="mi_blocks")
 
 st.subheader("The sparse kernel, tile by tile")
-interval = stepper.play_controls("mi")
-
-
-@st.fragment(run_every=interval)
-def step_view():
-    last = figures.last_step(traced.trace)
-    step = stepper.step_controls("mi", last)
-    tr = traced.trace.traffic_until(step)
-    a, b = st.columns([2, 1])
-    a.plotly_chart(figures.state_map(figures.sparse_cover(traced.trace, step, n, n),
-                                     title=f"computed entries after step {step} of {last}"),
-                   width="stretch", key="mi_cover")
-    with b:
-        st.metric("sparse HBM reads so far", f"{tr.total_reads:,}")
-        st.metric("sparse HBM writes so far", f"{tr.total_writes:,}")
-        st.caption(views.step_summary(traced.trace, step))
-
-
-step_view()
+st.caption("Each step is one listed key block or one tile of gathered single columns of a query block; the run is "
+           "sent to the browser once and stepped there.")
+views.step_player([("sparse kernel", traced)], n, n, window=views.choose_window(traced, key="mi"), key="mi")
 
 st.subheader("Per-head choices of the kernel-aware search")
 rows = []
 for h, hc in enumerate(config.heads):
+    listed = set()
     for cand in hc.candidates:
+        key = (cand["pattern"], str(sorted(cand["params"].items())))
+        if key in listed:
+            continue
+        listed.add(key)
         rows.append({"head": h, "planted": desc[h]["kind"], "candidate": f"{cand['pattern']} {cand['params']}",
                      "chosen": cand["pattern"] == hc.pattern and cand["params"] == hc.params,
                      "error": float(f"{cand['error']:.3g}"), "recall": round(cand["recall"], 4),
