@@ -64,3 +64,18 @@ def sweep_sentence(points: list[dict], var: str = "N") -> str:
     cmp = traffic_sentence("flash", last["flash"]["total"], "standard", last["standard"]["total"],
                            where=f"at {var} = {last[var]:,}")
     return (("Over the last two points " + "; ".join(parts) + ". ") if parts else "") + cmp
+
+
+def engines_sentence(vitcod: int, dense: int, unsplit: int, bound: str, utilization: dict) -> str:
+    """ViTCoD's split against the dense baseline and one unsplit sparse engine, in this layer's cycles."""
+    util = ", ".join(f"{name} {val:.0%}" for name, val in utilization.items())
+    if unsplit < vitcod:
+        why = (f"here the split does not pay: one sparse engine over the whole mask is {vitcod / unsplit:.1f}x "
+               f"faster than ViTCoD's two engines ({unsplit:,} vs {vitcod:,} cycles); the split layer is "
+               f"{bound}-bound with PE utilisation {util}, so its lines wait instead of working")
+    elif unsplit > vitcod:
+        why = f"the split is {unsplit / vitcod:.1f}x faster than one sparse engine ({vitcod:,} vs {unsplit:,} cycles)"
+    else:
+        why = f"the split and one sparse engine take the same {vitcod:,} cycles"
+    return (f"ViTCoD takes {vitcod:,} cycles, the dense baseline {dense:,} "
+            f"({ratio_words(dense, vitcod, more='more', fewer='fewer')} cycles than ViTCoD); {why}.")

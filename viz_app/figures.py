@@ -73,14 +73,19 @@ def io_sweep(points: list[dict], x: str, *, title="HBM accesses", series=None):
     return fig
 
 
+def number_label(v: float) -> str:
+    """A bar label people read: 37,800 rather than 3.78e+04; 4.4 and 0.123 as they are."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
 def paper_comparison(ours: dict, paper: dict, *, title="Figure 2 (left)",
                      labels=("refattn (simulated)", "paper (A100)")):
     """Side-by-side bars of two {name: value} dicts (by default ours vs the paper's), for one quantity."""
     fig = go.Figure()
     fig.add_trace(go.Bar(x=list(ours), y=list(ours.values()), name=labels[0], marker_color="#3182bd",
-                         text=[f"{v:.3g}" for v in ours.values()], textposition="outside"))
+                         text=[number_label(v) for v in ours.values()], textposition="outside"))
     fig.add_trace(go.Bar(x=list(paper), y=list(paper.values()), name=labels[1], marker_color="#bdbdbd",
-                         text=[f"{v:.3g}" for v in paper.values()], textposition="outside"))
+                         text=[number_label(v) for v in paper.values()], textposition="outside"))
     fig.update_layout(barmode="group", title=title, height=320, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
@@ -191,19 +196,29 @@ def scores_line(values: np.ndarray, *, title, x_title, kept=None):
     return fig
 
 
-def timeline(spans: list[dict], *, title="engine timeline"):
-    """Horizontal bars: spans of {lane, start, end, label} (e.g. engines x stages, in cycles), one colour per stage."""
+def timeline(spans: list[dict], *, title="engine timeline", min_label_share=0.06):
+    """Horizontal bars: spans of {lane, start, end, label} (e.g. engines x stages, in cycles), one colour per stage.
+
+    A span's label is written inside it only when the span is at least ``min_label_share`` of the whole
+    timeline (narrower labels were unreadable); every span keeps its label on hover, and a legend names
+    the stage colours.
+    """
     fig = go.Figure()
     colours = {"SDDMM": "#3182bd", "SpMM": "#e6550d", "decode": "#756bb1", "preload": "#969696"}
+    total = max((s["end"] for s in spans), default=0) - min((s["start"] for s in spans), default=0)
     for s in spans:
         label = s.get("label", "")
         colour = next((c for key, c in colours.items() if key in label), "#636363")
+        wide = total > 0 and (s["end"] - s["start"]) >= min_label_share * total
         fig.add_trace(go.Bar(x=[s["end"] - s["start"]], base=[s["start"]], y=[s["lane"]], orientation="h",
-                             name=label, text=[label], textposition="inside", insidetextanchor="middle",
+                             name=label, text=[label if wide else ""], textposition="inside",
+                             insidetextanchor="middle", showlegend=False,
                              marker=dict(color=colour, line=dict(color="white", width=1)),
-                             hovertemplate=f"{label}<br>cycles %{{base}} to %{{x}}<extra></extra>"))
-    fig.update_layout(title=title, height=240, barmode="overlay", showlegend=False,
-                      margin=dict(l=10, r=10, t=40, b=10), xaxis_title="cycles")
+                             hovertemplate=f"{label}<br>cycles %{{base:,}} to %{{x:,}}<extra></extra>"))
+    for key, c in colours.items():  # the legend: one entry per stage colour
+        fig.add_trace(go.Bar(x=[None], y=[None], orientation="h", name=key, marker_color=c))
+    fig.update_layout(title=title, height=260, barmode="overlay", legend=dict(orientation="h", y=-0.3),
+                      margin=dict(l=10, r=10, t=40, b=10), xaxis_title="cycles", xaxis_tickformat=",")
     return fig
 
 

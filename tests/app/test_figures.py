@@ -34,3 +34,18 @@ def test_block_scores_colour_bar_is_not_labelled_p():
     """issue 15: block scores (not probabilities) had a colour bar labelled "p"."""
     fig = figures.attention_map(np.ones((2, 2)), log=False, value_name="block score")
     assert fig.data[0].colorbar.title.text == "block score"
+
+
+def test_bar_labels_are_plain_numbers():
+    """issue 15: ViTCoD's bars were labelled like 3.78e+04."""
+    fig = figures.paper_comparison({"Q": 37800.0}, {"Q": 4.4})
+    assert fig.data[0].text == ("37,800",) and fig.data[1].text == ("4.4",)
+
+
+def test_timeline_writes_labels_only_where_they_fit():
+    """issue 15: the ViTCoD timeline's labels of narrow spans overlapped into an unreadable strip."""
+    spans = [{"lane": "a", "start": 0, "end": 1000, "label": "h0 SDDMM"},
+             {"lane": "a", "start": 1000, "end": 1010, "label": "h0 SpMM"}]
+    fig = figures.timeline(spans)
+    assert fig.data[0].text == ("h0 SDDMM",) and fig.data[1].text == ("",)
+    assert "h0 SpMM" in fig.data[1].hovertemplate

@@ -260,15 +260,21 @@ def test_every_page_in_the_browser(server, browser_page, shots):
     shot(page, shots, "forward")
 
     # a fine tiling and a causal run, set by the URL
-    open_page(page, url, "forward", timings := {**timings}, query="?n=256&d=8&m=256")
+    fine = {}
+    open_page(page, url, "forward", fine, query="?n=256&d=8&m=256")
+    timings["forward N=256 d=8 M=256 (2,048 steps)"] = fine["forward"]
     frame = wait_player(page)
-    assert "aggregates" in frame.inner_text("#gridnote-1") or "tiles" in frame.inner_text("#gridnote-1")
+    assert "aggregates" in frame.inner_text("#gridnote-1")  # the standard grid's 1-pixel tiles are pooled
     goto(frame, 700)
+    assert number(frame, "#reads-0") > 0
     shot(page, shots, "forward_fine")
     open_page(page, url, "forward", {}, query="?causal=1")
     frame = wait_player(page)
-    goto(frame, 12)
-    assert any("skip" in t for t in lit_lines(frame)) or "skips" in frame.inner_text("#narr-0") or True
+    causal = refattn.flash_forward(q, k, v, sram=1024, variant="fa2", causal=True, trace=True)
+    skip_step = next(s for s in range(1, causal.n_steps + 1)
+                     if any(e.kind == "skip" for e in causal.trace.events_at(s)))
+    goto(frame, skip_step)
+    assert any("skip it" in t for t in lit_lines(frame)) and "skips 1 fully masked tile" in frame.inner_text("#narr-0")
     shot(page, shots, "forward_causal")
 
     # --- page 2: backward, a step mid-run

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from viz_app import figures
+from viz_app import claims, figures
 
 st.title("ViTCoD: split sparse and dense attention")
 st.caption("A fixed attention mask (pruned once from averaged maps); global tokens moved to the front, so the first "
@@ -92,8 +92,11 @@ c[0].metric("kept density", f"{masks[head].mean():.3f}")
 c[1].metric("global tokens G", f"{sp.g}")
 c[2].metric("ViTCoD cycles (layer)", f"{dense_run.total:,}")
 c[3].metric("dense baseline cycles", f"{dense_base.total:,}",
-            delta=f"{dense_base.total / max(dense_run.total, 1):.1f}x slower", delta_color="off")
+            delta=claims.ratio_words(dense_base.total, dense_run.total, more="more cycles", fewer="fewer cycles"),
+            delta_color="off")
 c[4].metric("one sparse engine, no split", f"{unsplit.total:,}")
+st.markdown(claims.engines_sentence(dense_run.total, dense_base.total, unsplit.total, dense_run.bound,
+                                    dense_run.utilization))
 
 cols = st.columns(3)
 if maps is not None:
