@@ -31,3 +31,12 @@ def height(panels: list[dict]) -> int:
         state = 210 if p.get("state") else 0
         return 150 + 18 * len(p["code"]) + 30 + grid + 90 + 22 * (len(p["tensors"]) + 2) + state
     return int(60 + max(one(p) for p in panels))
+
+
+PE_TEMPLATE = Path(__file__).with_name("pe_player.html")
+
+
+def pe_player_html(payload: dict) -> str:
+    """The PE-array page for one viz_app.pe_view payload (a GEMM's cycles or ViTCoD's engine steps)."""
+    text = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
+    return PE_TEMPLATE.read_text().replace("__PAYLOAD__", text)

@@ -3,7 +3,8 @@
 import numpy as np
 import streamlit as st
 
-from viz_app import claims, figures
+from refattn.pe_array import simulate_gemm
+from viz_app import claims, figures, pe_view, player
 
 st.title("ViTCoD: split sparse and dense attention")
 st.caption("A fixed attention mask (pruned once from averaged maps); global tokens moved to the front, so the first "
@@ -49,6 +50,19 @@ def simulate(masks, d: int = 64):
 
     return (simulate_layer(masks, d=d), simulate_layer(masks, d=d, autoencoder=True), dense_baseline(masks, d=d),
             unsplit_sparse_baseline(masks, d=d), [split_mask(m) for m in masks])
+
+
+@st.cache_data(max_entries=8, show_spinner="running the ViTCoD kernel step by step (compiles on first use)...")
+def engine_steps(masks, d: int):
+    """The engines payload of vitcod_forward on ``masks`` and, per head, the denser engine's line count."""
+    from refattn.vitcod import vitcod_forward
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((masks.shape[0], masks.shape[-1], d)).astype(np.float32) for _ in range(3))
+    run = vitcod_forward(q, k, v, masks, trace=True)
+    states = {s: vitcod_forward(q, k, v, masks, stop_after=s).state for s in range(1, run.n_steps + 1)}
+    lines = [int(np.sum(states[5 * h + 2].arrays["line_engine"] == 0)) for h in range(masks.shape[0])]
+    return pe_view.engines_payload(states, run), lines
 
 
 sb = st.sidebar
@@ -127,6 +141,19 @@ st.plotly_chart(figures.timeline(spans, title=f"cycles (layer total {dense_run.t
                 width="stretch", key="vc_timeline")
 util = dense_run.utilization
 st.markdown(" · ".join(f"**{name}** PE utilisation {val:.0%}" for name, val in util.items()))
+
+st.subheader("PE arrays in motion")
+st.caption("The ViTCoD kernel (refattn.vitcod_forward) on this layer's masks with random Q, K, V (d = 64), stopped "
+           "after each step: what every MAC line of the two engines did. Below it, the denser engine's SDDMM of the "
+           "chosen head as a GEMM on its systolic array (refattn.pe_array), cycle by cycle, for each dataflow. "
+           "Both play in the browser.")
+engines, first_lines = engine_steps(np.ascontiguousarray(masks), head_dim)
+st.iframe(player.pe_player_html(engines), height=360)
+dataflow = st.radio("dataflow of the GEMM", ["os", "ws", "is"], horizontal=True, key="vc_dataflow",
+                    format_func={"os": "output stationary", "ws": "weight stationary", "is": "input stationary"}.get)
+ld = max(int(first_lines[head]), 1)
+gemm = simulate_gemm(n, max(sp.g, 1), head_dim, rows=8, cols=ld, dataflow=dataflow)
+st.iframe(player.pe_player_html(pe_view.gemm_payload(gemm)), height=120 + 8 * 48 + 80)
 
 st.subheader("Data movement with and without the Q/K auto-encoder")
 plain, ae = dense_run.bytes, ae_run.bytes
