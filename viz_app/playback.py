@@ -184,7 +184,7 @@ def _counts(rec, lo: int, hi: int):
 
 
 def _sram_snapshots(trace: Trace, rec, starts, lo: int, hi: int):
-    """[[slot, what, elements], ...] at the end of each step lo..hi, replayed once from the start."""
+    """[[slot, what, elements, tensor, row0, row1], ...] at the end of each step lo..hi, replayed once."""
     held: dict = {}
     snaps = []
     for s in range(0, hi + 1):
@@ -202,7 +202,7 @@ def _sram_snapshots(trace: Trace, rec, starts, lo: int, hi: int):
                 else:
                     held[name] = (t, int(r[5]), int(r[6]), n)
         if s >= lo:
-            snaps.append([[slot, f"{t}[{r0}:{r1}]", n] for slot, (t, r0, r1, n) in held.items()])
+            snaps.append([[slot, f"{t}[{r0}:{r1}]", n, t, int(r0), int(r1)] for slot, (t, r0, r1, n) in held.items()])
     return snaps
 
 
@@ -258,7 +258,7 @@ def payload(result, nq: int, nk: int, label: str, *, window: tuple[int, int] | N
     cum_r = np.vstack([prior_r.sum(0, keepdims=True), reads]).cumsum(0)  # positions a-1..b
     cum_w = np.vstack([prior_w.sum(0, keepdims=True), writes]).cumsum(0)
     used = [i for i, t in enumerate(TENSORS) if result.traffic.reads.get(t) or result.traffic.writes.get(t)]
-    narration, lit = [], []
+    narration, lit, moves = [], [], []
     seen_rows = {tuple(r) for r in np.c_[rec[:, 5], rec[:, 6]][(rec[:, 0] < a) & (rec[:, 2] == TENSOR_ID["P"])]}
     for s in range(a, b + 1):
         evs = events_of(trace, rec, starts, s)
@@ -267,6 +267,8 @@ def payload(result, nq: int, nk: int, label: str, *, window: tuple[int, int] | N
         narration.append(pseudocode.narrate(plan.kernel, s, n, evs, reads=int(reads[s - a].sum()),
                                             writes=int(writes[s - a].sum()), first_of_block=first))
         lit.append(pseudocode.lit_lines(key, evs))
+        moves.append([[e.tensor, 0 if e.kind == "load" else 1, *e.rows, *e.cols, e.elements] for e in evs
+                      if e.kind in ("load", "store") and e.tensor])
     causal = plan.details.get("causal")
     causal_offset = None
     if causal and causal != "none":
@@ -280,7 +282,7 @@ def payload(result, nq: int, nk: int, label: str, *, window: tuple[int, int] | N
         "tensors": [TENSORS[i] for i in used],
         "reads": cum_r[:, used].tolist(), "writes": cum_w[:, used].tolist(),
         "total_reads": int(result.traffic.total_reads), "total_writes": int(result.traffic.total_writes),
-        "code": [line.text for line in pseudocode.CODE[key]], "lit": lit, "narration": narration,
+        "code": [line.text for line in pseudocode.CODE[key]], "lit": lit, "narration": narration, "moves": moves,
         "sram": _sram_snapshots(trace, rec, starts, a - 1, b), "capacity": int(result.sram.capacity),
         "state": _states(states),
     }
