@@ -11,22 +11,11 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from refattn.memory import EV_COMPUTE, EV_LOAD, EV_SKIP, TENSOR_ID, TENSORS, Trace
-
-#: Tensors whose compute events are score tiles (query rows x key columns).
-TILE_TENSORS = ("S", "P", "dP", "dS")
-
-PENDING, DONE, CURRENT, SKIPPED, CURRENT_SKIP = 0, 1, 2, 3, 4
-STATE_NAMES = ("not yet", "done", "current", "skipped", "skipped now")
-STATE_COLOURS = ("#f0f0f0", "#9ecae1", "#e6550d", "#d9d9d9", "#969696")
+from refattn.memory import TENSORS
 
 READ_COLOUR, WRITE_COLOUR = "#3182bd", "#de2d26"
-
-
-# --------------------------------------------------------------------------- steps
-def last_step(trace: Trace) -> int:
-    """Largest step number in the trace (steps are 1-based; step 0 shows the state before the run)."""
-    return int(trace.records[:, 0].max()) if len(trace) else 0
+#: Charts are shown without Plotly's toolbar: on a narrow screen it covered their titles.
+PLOTLY_CONFIG = {"displayModeBar": False}
 
 
 # --------------------------------------------------------------------------- traffic
@@ -90,34 +79,7 @@ def paper_comparison(ours: dict, paper: dict, *, title="Figure 2 (left)",
     return fig
 
 
-# --------------------------------------------------------------------------- sparse kernel
-def sparse_cover(trace: Trace, step: int, nq: int, nk: int, head: int = 0) -> np.ndarray:
-    """(nq, nk) int states of score entries the sparse kernel computed by ``step`` (DONE / CURRENT / SKIPPED).
-
-    Rows come from each step's S compute (or skip) event; key columns from the K rows that
-    step loaded, because a gathered tile's S event indexes the column list, not key columns
-    (see refattn/kernels/sparse.py).
-    """
-    out = np.full((nq, nk), PENDING, np.int64)
-    rec = trace.records
-    rec = rec[(rec[:, 0] <= step) & (rec[:, 4] == head)]
-    k_id, s_id = TENSOR_ID["K"], TENSOR_ID["S"]
-    for st in np.unique(rec[:, 0]):
-        r = rec[rec[:, 0] == st]
-        now = st == step
-        comp = r[(r[:, 1] == EV_COMPUTE) & (r[:, 2] == s_id)]
-        if len(comp):
-            cols = np.zeros(nk, bool)
-            for kl in r[(r[:, 1] == EV_LOAD) & (r[:, 2] == k_id)]:
-                cols[kl[5]:kl[6]] = True
-            for c in comp:
-                out[c[5]:c[6], cols] = CURRENT if now else DONE
-        for sk in r[r[:, 1] == EV_SKIP]:
-            block = out[sk[5]:sk[6], sk[7]:sk[8]]
-            block[block == PENDING] = CURRENT_SKIP if now else SKIPPED
-    return out
-
-
+# --------------------------------------------------------------------------- maps
 def pool_max(a: np.ndarray, size: int = 256) -> np.ndarray:
     """Max-pool a 2-D array down to at most ``size`` x ``size`` cells (for drawing large maps)."""
     a = np.asarray(a)
@@ -128,29 +90,6 @@ def pool_max(a: np.ndarray, size: int = 256) -> np.ndarray:
     pad = np.full((r, c), a.min() if a.size else 0, a.dtype)
     pad[:a.shape[0], :a.shape[1]] = a
     return pad.reshape(r // fr, fr, c // fc, fc).max(axis=(1, 3))
-
-
-def state_map(states: np.ndarray, *, title="", size=256):
-    """Element-level state map (PENDING/DONE/CURRENT/...), max-pooled for drawing (CURRENT wins)."""
-    n = len(STATE_COLOURS)
-    scale = []
-    for i, c in enumerate(STATE_COLOURS):
-        scale += [(i / n, c), ((i + 1) / n, c)]
-    rank = np.array([0, 2, 4, 1, 3])  # pooling order: current > done > skipped now > skipped > pending
-    inv = np.argsort(rank)
-    pooled = inv[pool_max(rank[states], size)]
-    fy, fx = -(-states.shape[0] // pooled.shape[0]), -(-states.shape[1] // pooled.shape[1])
-    fig = go.Figure(go.Heatmap(z=pooled + 0.5, x0=0, dx=fx, y0=0, dy=fy, zmin=0, zmax=n, colorscale=scale,
-                               showscale=False, customdata=np.array(STATE_NAMES, dtype=object)[pooled],
-                               hovertemplate="key %{x}<br>query %{y}<br>%{customdata}<extra></extra>"))
-    for i, name in enumerate(STATE_NAMES):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
-                                 marker=dict(size=10, color=STATE_COLOURS[i], symbol="square")))
-    fig.update_yaxes(autorange="reversed", title="query rows")
-    fig.update_xaxes(title="key columns", side="top")
-    fig.update_layout(title=title, height=380, margin=dict(l=10, r=10, t=60, b=10),
-                      legend=dict(orientation="h", y=-0.02), plot_bgcolor="white")
-    return fig
 
 
 # --------------------------------------------------------------------------- maps
@@ -223,6 +162,6 @@ def timeline(spans: list[dict], *, title="engine timeline", min_label_share=0.06
 
 
 __all__ = [
-    "traffic_bars", "io_sweep", "paper_comparison", "attention_map", "scores_line", "timeline", "last_step",
-    "sparse_cover", "state_map", "pool_max",
+    "traffic_bars", "io_sweep", "paper_comparison", "attention_map", "scores_line", "timeline",
+    "pool_max", "PLOTLY_CONFIG",
 ]

@@ -39,6 +39,12 @@ def player_data(at: AppTest) -> dict:
     return json.loads(doc[start:doc.index(";\nconst COL")])
 
 
+def no_toolbars(at: AppTest) -> bool:
+    """issue 15: at 390 px Plotly's toolbar covered the titles; every chart is shown without it."""
+    charts = at.get("plotly_chart")
+    return bool(charts) and all(json.loads(c.proto.config or "{}").get("displayModeBar") is False for c in charts)
+
+
 def test_app_entry_runs_the_forward_page():
     at = ok(AppTest.from_file(str(APP / "app.py"), default_timeout=TIMEOUT).run())
     assert at.title[0].value.startswith("FlashAttention forward")
@@ -145,6 +151,7 @@ def test_minference_page_patterns_and_stepping():
     assert len(options) == len(set(options))  # issue 15: duplicate candidates in the selector
     table = at.table[0].value
     assert not table.duplicated(["head", "candidate"]).any()  # ... and in the table
+    assert no_toolbars(at)
     ok(at.radio(key="mi_head").set_value(1).run())  # the planted A-shape head
     assert "Pattern:" in at.markdown[0].value
     ok(at.selectbox(key="mi_pattern").set_value(1).run())  # the A-shape candidate
@@ -164,6 +171,8 @@ def test_vitcod_page_mask_sources_and_autoencoder():
     assert metric(at, "ViTCoD cycles (layer)") == simulate_layer(keep[5]).total
     table = at.table[0].value
     assert table["total"][1] < table["total"][0]  # the auto-encoder moves fewer bytes
+    assert no_toolbars(at)
+    assert len(at.get("iframe")) == 2  # PE arrays in motion: the engines' lines and the GEMM on the array
     ok(at.radio(key="vc_source").set_value("synthetic").run())
     d_low = float(at.metric[0].value)
     ok(at.select_slider(key="vc_density").set_value(0.3).run())

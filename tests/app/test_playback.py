@@ -58,7 +58,7 @@ def test_payload_sram_equals_the_trace_replay(fa2):
     p = playback.payload(res, 40, 40, "flash")
     for s in (1, 2, res.n_steps // 2, res.n_steps):
         want = {slot: c.elements for slot, c in res.trace.sram_at(s).items()}
-        assert {slot: n for slot, _, n in p["sram"][s]} == want
+        assert {x[0]: x[2] for x in p["sram"][s]} == want
 
 
 def test_lit_lines_follow_the_event_kinds(fa2):

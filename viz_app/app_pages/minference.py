@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 
 from viz_app import figures, views
+from viz_app.figures import PLOTLY_CONFIG
 
 st.title("MInference: dynamic sparse prefill")
 st.caption("Per head: estimate a pattern from the input itself (vertical-slash: the last 64 queries; block-sparse: "
@@ -96,23 +97,25 @@ c[4].metric("dense FA2 HBM accesses", f"{report.traffic_dense:,}",
 
 left, right = st.columns(2)
 left.plotly_chart(figures.attention_map(probs, title="true causal attention (float64), max-pooled"),
-                  width="stretch", key="mi_true")
+                  width="stretch", key="mi_true", config=PLOTLY_CONFIG)
 right.plotly_chart(figures.attention_map(probs, mask=mask, title="index set drawn over the map (red = computed)"),
-                   width="stretch", key="mi_overlay")
+                   width="stretch", key="mi_overlay", config=PLOTLY_CONFIG)
 
 if name == "vertical_slash":
     st.plotly_chart(figures.attention_map(built.estimate, title="estimate: softmax of the last 64 queries"),
-                    width="stretch", key="mi_est")
+                    width="stretch", key="mi_est", config=PLOTLY_CONFIG)
     a, b = st.columns(2)
     a.plotly_chart(figures.scores_line(built.vertical_scores, title="vertical scores (per key column)",
-                                       x_title="key column", kept=built.columns), width="stretch", key="mi_vert")
+                                       x_title="key column", kept=built.columns), width="stretch", key="mi_vert",
+                   config=PLOTLY_CONFIG)
     b.plotly_chart(figures.scores_line(built.slash_scores, title="slash scores (per diagonal offset)",
-                                       x_title="offset i - j", kept=built.offsets), width="stretch", key="mi_slash")
+                                       x_title="offset i - j", kept=built.offsets), width="stretch", key="mi_slash",
+                   config=PLOTLY_CONFIG)
 elif name == "block_sparse":
     st.plotly_chart(figures.attention_map(np.where(np.isfinite(built.block_scores), built.block_scores, np.nan),
                                           title="block scores (mean-pooled Q·K per 64-token block)", log=False,
                                           value_name="block score"),
-                    width="stretch", key="mi_blocks")
+                    width="stretch", key="mi_blocks", config=PLOTLY_CONFIG)
 
 st.subheader("The sparse kernel, tile by tile")
 st.caption("Each step is one listed key block or one tile of gathered single columns of a query block; the run is "

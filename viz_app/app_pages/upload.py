@@ -7,6 +7,7 @@ import streamlit as st
 
 from refattn import reference
 from viz_app import figures
+from viz_app.figures import PLOTLY_CONFIG
 from viz_app.inputs import MAX_UPLOAD_BYTES, InputError, attention_map_from_arrays, qkv_from_arrays, read_upload
 
 st.title("Inputs: upload Q/K/V or an attention map")
@@ -68,9 +69,9 @@ if qkv is not None:
                 "The forward and backward pages now list *uploaded* as an input.")
     probs, _ = reference.attention_probs(q, k)
     st.plotly_chart(figures.attention_map(probs, title="softmax(QKᵀ/√d) of the upload (float64 reference)"),
-                    width="stretch", key="upload_qkv_map")
+                    width="stretch", key="upload_qkv_map", config=PLOTLY_CONFIG)
 if amap is not None:
     st.subheader("Uploaded attention map")
     st.markdown(f"shape {amap.shape}; row sums from {amap.sum(1).min():.3g} to {amap.sum(1).max():.3g}")
     st.plotly_chart(figures.attention_map(amap, title="uploaded attention map"), width="stretch",
-                    key="upload_map")
+                    key="upload_map", config=PLOTLY_CONFIG)

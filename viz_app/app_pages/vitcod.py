@@ -5,6 +5,7 @@ import streamlit as st
 
 from refattn.pe_array import simulate_gemm
 from viz_app import claims, figures, pe_view, player
+from viz_app.figures import PLOTLY_CONFIG
 
 st.title("ViTCoD: split sparse and dense attention")
 st.caption("A fixed attention mask (pruned once from averaged maps); global tokens moved to the front, so the first "
@@ -115,15 +116,15 @@ st.markdown(claims.engines_sentence(dense_run.total, dense_base.total, unsplit.t
 cols = st.columns(3)
 if maps is not None:
     cols[0].plotly_chart(figures.attention_map(maps[head], title="averaged attention (before pruning)"),
-                         width="stretch", key="vc_before")
+                         width="stretch", key="vc_before", config=PLOTLY_CONFIG)
 else:
     cols[0].info("The bundled DeiT-Tiny file holds the pruned mask only (the averaged maps are not published).")
 perm = sp.permuted_mask()
 cols[1].plotly_chart(figures.attention_map(masks[head].astype(float), log=False, title="kept mask (after pruning)"),
-                     width="stretch", key="vc_mask")
+                     width="stretch", key="vc_mask", config=PLOTLY_CONFIG)
 fig = figures.attention_map(perm.astype(float), log=False, title=f"reordered: first G = {sp.g} columns dense")
 fig.add_vline(x=sp.g - 0.5, line=dict(color="red"))
-cols[2].plotly_chart(fig, width="stretch", key="vc_perm")
+cols[2].plotly_chart(fig, width="stretch", key="vc_perm", config=PLOTLY_CONFIG)
 
 st.subheader("Work split between the engines (one layer, heads one after another)")
 spans, t = [], dense_run.decode
@@ -138,7 +139,7 @@ for h, hc in enumerate(dense_run.heads):  # per head, lines split in proportion 
         t += max(dn, sn)
 spans.append({"lane": "HBM preload", "start": 0, "end": dense_run.preload, "label": "preload"})
 st.plotly_chart(figures.timeline(spans, title=f"cycles (layer total {dense_run.total:,}, {dense_run.bound}-bound)"),
-                width="stretch", key="vc_timeline")
+                width="stretch", key="vc_timeline", config=PLOTLY_CONFIG)
 util = dense_run.utilization
 st.markdown(" · ".join(f"**{name}** PE utilisation {val:.0%}" for name, val in util.items()))
 
@@ -161,7 +162,7 @@ names = sorted(set(plain) | set(ae), key=lambda x: ["Q", "K", "V", "O", "index",
                if x in ["Q", "K", "V", "O", "index", "decoder"] else 99)
 st.plotly_chart(figures.paper_comparison({x: plain.get(x, 0) for x in names}, {x: ae.get(x, 0) for x in names},
                                          title="bytes moved per layer", labels=("no auto-encoder", "auto-encoder")),
-                width="stretch", key="vc_bytes")
+                width="stretch", key="vc_bytes", config=PLOTLY_CONFIG)
 st.table([{"": "no auto-encoder", **plain, "total": sum(plain.values()), "cycles": dense_run.total},
           {"": "auto-encoder", **{x: ae.get(x, 0) for x in names}, "total": sum(ae.values()), "cycles": ae_run.total}])
 st.caption(f"N = {n} tokens, {masks.shape[0]} heads. The auto-encoder compresses Q and K across heads "
