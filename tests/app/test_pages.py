@@ -139,6 +139,9 @@ def test_forward_page_with_an_uploaded_input():
     res = refattn.flash_forward(q, k, v, sram=1024, variant="fa2")
     p = player_data(at)["panels"][0]
     assert (p["nq"], p["total_reads"] + p["total_writes"]) == (48, res.traffic.total)
+    # issue 15: the N and d sliders kept showing their old values; now they give way to the upload's shape
+    assert not [s for s in at.select_slider if s.key in ("fwd_n", "fwd_d")]
+    assert any("N = 48, d = 8: from the uploaded Q/K/V" in c.value for c in at.sidebar.caption)
 
 
 def test_minference_page_patterns_and_stepping():

@@ -293,6 +293,22 @@ def test_every_page_in_the_browser(server, browser_page, shots):
         open_page(page, url, name, timings)
         shot(page, shots, name)
 
+    # --- ViTCoD's PE arrays in motion: both players step in the browser
+    pe = [f for f in page.frames if f.evaluate("() => !!window.__pe") is True]
+    assert len(pe) == 2
+    for f in pe:
+        f.click("#fwd")
+        f.click("#fwd")
+        assert f.evaluate("() => window.__pe.pos") == 2
+    assert any("PEs do a MAC" in f.inner_text("#narr") for f in pe)
+    assert any("lines on the denser engine" in f.inner_text("#narr") for f in pe)
+    frames = page.locator("iframe")
+    boxes = [frames.nth(i).bounding_box() for i in range(frames.count())]
+    top, bottom = min(b["y"] for b in boxes), max(b["y"] + b["height"] for b in boxes)
+    page.screenshot(path=str(shots / "vitcod_pe.png"), full_page=True,
+                    clip={"x": boxes[0]["x"] - 10, "y": top - 60, "width": boxes[0]["width"] + 20,
+                          "height": bottom - top + 70})
+
     # --- page 6: uploads (a bad file gives a message, a good one is accepted)
     open_page(page, url, "inputs", timings)
     upload = page.locator('[data-testid="stFileUploader"] input[type="file"]')
