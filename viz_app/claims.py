@@ -62,7 +62,7 @@ def sweep_sentence(points: list[dict], var: str = "N") -> str:
              for k in ("standard", "flash")] if len(points) >= 2 else []
     last = points[-1]
     cmp = traffic_sentence("flash", last["flash"]["total"], "standard", last["standard"]["total"],
-                           where=f"at {var} = {last[var]:,}")
+                           where=f"At {var} = {last[var]:,}")
     return (("Over the last two points " + "; ".join(parts) + ". ") if parts else "") + cmp
 
 

@@ -150,10 +150,16 @@ st.caption("The ViTCoD kernel (refattn.vitcod_forward) on this layer's masks wit
            "Both play in the browser.")
 engines, first_lines = engine_steps(np.ascontiguousarray(masks), head_dim)
 st.iframe(player.pe_player_html(engines), height=360)
-dataflow = st.radio("dataflow of the GEMM", ["os", "ws", "is"], horizontal=True, key="vc_dataflow",
+c1, c2 = st.columns(2)
+dataflow = c1.radio("dataflow of the GEMM", ["os", "ws", "is"], horizontal=True, key="vc_dataflow",
                     format_func={"os": "output stationary", "ws": "weight stationary", "is": "input stationary"}.get)
-ld = max(int(first_lines[head]), 1)
-gemm = simulate_gemm(n, max(sp.g, 1), head_dim, rows=8, cols=ld, dataflow=dataflow)
+shape = c2.radio("GEMM", ["example", "head"], horizontal=True, key="vc_gemm",
+                 format_func={"example": "a small example: 16 x 8 times 8 x 16 on 8 x 8 PEs",
+                              "head": f"head {head}'s dense SDDMM: {n} x {head_dim} times {head_dim} x {sp.g}"}.get)
+if shape == "example":
+    gemm = simulate_gemm(16, 16, 8, rows=8, cols=8, dataflow=dataflow)
+else:  # the denser engine: 8 x Ld PEs, Ld its share of the MAC lines for this head
+    gemm = simulate_gemm(n, max(sp.g, 1), head_dim, rows=8, cols=max(int(first_lines[head]), 1), dataflow=dataflow)
 st.iframe(player.pe_player_html(pe_view.gemm_payload(gemm)), height=120 + 8 * 48 + 80)
 
 st.subheader("Data movement with and without the Q/K auto-encoder")
