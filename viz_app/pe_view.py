@@ -52,5 +52,10 @@ def engines_payload(states: dict, result) -> dict:
                       "cycles": np.asarray(a["line_cycles"]).tolist(),
                       "counters": {k: int(v) for k, v in a["counters"].items() if v},
                       "hbm_reads": int(tr.total_reads), "hbm_writes": int(tr.total_writes)})
+    from viz_app.pseudocode import VITCOD_CODE, vitcod_lit
+
+    for x in steps:
+        x["lit"] = vitcod_lit(x["stage"])
     return {"kind": "engines", "n_steps": int(result.n_steps), "steps": steps,
+            "code": [text for _, text in VITCOD_CODE],
             "max_cycles": max([max(x["cycles"]) for x in steps] + [1])}

@@ -179,3 +179,19 @@ def narrate(kernel: str, step: int, n_steps: int, events: list[Event], *, reads:
         parts.append("does no HBM transfer")
     return (f"Step {step} of {n_steps} " + "; ".join(parts)
             + f" — cost {reads + writes:,} HBM accesses ({reads:,} reads, {writes:,} writes).")
+
+
+#: ViTCoD's split kernel (refattn/vitcod/kernel.py), one line per step of a head; lit by the step's phase.
+VITCOD_CODE = [
+    ("", "for each head:"),
+    ("load", "    load Q, K, V, the sparse part's index lists and the dense part's mask into the buffers"),
+    ("SDDMM", "    S_G = Q K_G^T on the denser engine (the array);  q_i . k_j per kept entry on the sparser lines"),
+    ("softmax", "    P = softmax(S) per row over both parts (not charged in cycles)"),
+    ("SpMM", "    O_G = P_G V_G on the denser engine;  o_i += p_ij v_j per kept entry on the sparser lines"),
+    ("store", "    O = acc / l  -> HBM"),
+]
+
+
+def vitcod_lit(phase: str) -> list[int]:
+    """The VITCOD_CODE lines a ViTCoD step of this phase executes."""
+    return [i for i, (stage, _) in enumerate(VITCOD_CODE) if stage and stage.lower() == str(phase).lower()]

@@ -35,3 +35,12 @@ def test_engine_steps_are_the_kernels_states():
     sddmm = p["steps"][1]
     assert sddmm["engine"] == states[2].arrays["line_engine"].tolist() and 0 in sddmm["engine"]
     assert p["steps"][-1]["hbm_reads"] == run.traffic.total_reads
+    assert all(p["code"][s["lit"][0]].strip().startswith(("load", "S_G", "P =", "O_G", "O =")) for s in p["steps"])
+
+
+def test_vitcod_pseudocode_line_follows_the_step_phase():
+    from viz_app.pseudocode import VITCOD_CODE, vitcod_lit
+
+    for stage in ("load", "SDDMM", "softmax", "SpMM", "store"):  # refattn.vitcod.loop.STAGES
+        (i,) = vitcod_lit(stage)
+        assert VITCOD_CODE[i][0] == stage

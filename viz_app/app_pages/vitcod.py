@@ -120,9 +120,11 @@ if maps is not None:
 else:
     cols[0].info("The bundled DeiT-Tiny file holds the pruned mask only (the averaged maps are not published).")
 perm = sp.permuted_mask()
-cols[1].plotly_chart(figures.attention_map(masks[head].astype(float), log=False, title="kept mask (after pruning)"),
+cols[1].plotly_chart(figures.attention_map(masks[head].astype(float), log=False, title="kept mask (after pruning)",
+                                                           value_name="kept"),
                      width="stretch", key="vc_mask", config=PLOTLY_CONFIG)
-fig = figures.attention_map(perm.astype(float), log=False, title=f"reordered: first G = {sp.g} columns dense")
+fig = figures.attention_map(perm.astype(float), log=False, value_name="kept",
+                              title=f"reordered: first G = {sp.g} columns dense")
 fig.add_vline(x=sp.g - 0.5, line=dict(color="red"))
 cols[2].plotly_chart(fig, width="stretch", key="vc_perm", config=PLOTLY_CONFIG)
 
@@ -149,7 +151,7 @@ st.caption("The ViTCoD kernel (refattn.vitcod_forward) on this layer's masks wit
            "chosen head as a GEMM on its systolic array (refattn.pe_array), cycle by cycle, for each dataflow. "
            "Both play in the browser.")
 engines, first_lines = engine_steps(np.ascontiguousarray(masks), head_dim)
-st.iframe(player.pe_player_html(engines), height=360)
+st.iframe(player.pe_player_html(engines), height=480)
 c1, c2 = st.columns(2)
 dataflow = c1.radio("dataflow of the GEMM", ["os", "ws", "is"], horizontal=True, key="vc_dataflow",
                     format_func={"os": "output stationary", "ws": "weight stationary", "is": "input stationary"}.get)
