@@ -73,17 +73,18 @@ import numpy as np
 
 from refattn import memory
 from refattn.kernels.common import (
+    close_step,
+    enter_tile,
     finish,
     grad_input,
     grad_outputs,
+    load_kv_once,
     plan_blocks,
     prepare,
     readonly,
     run_with_trace,
     score_tile,
     step_state,
-    stop_here,
-    visibility,
 )
 from refattn.kernels.contract import Plan
 from refattn.memory import (
@@ -94,20 +95,16 @@ from refattn.memory import (
     T_DQ,
     T_DS,
     T_DV,
-    T_K,
     T_L,
     T_MASK,
     T_O,
     T_P,
     T_Q,
     T_S,
-    T_V,
     count_flops,
-    free_all,
     hold,
     load,
     set_head,
-    skip,
     store,
 )
 from refattn.validation import check_product_range
@@ -172,8 +169,7 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, 
             dq[b, r0:r1] = 0
             hold(mem, T_DQ, B_DQ, r0, r1, 0, d)
             store(mem, T_DQ, B_DQ, r0, r1, 0, d)
-            free_all(mem)
-            if stop_here(mem, info, 0, b, r0, r1, 0, 0):
+            if close_step(mem, info, 0, b, r0, r1, 0, 0, True):
                 return
         # main loop: outer over key blocks, inner over query blocks
         for j in range(tc):
@@ -191,14 +187,9 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, 
                 r0 = i * bq
                 r1 = min(r0 + bq, nq)
                 br = r1 - r0
-                vis = visibility(r0, r1, c0, c1, causal, off)
-                if vis == 0:
-                    skip(mem, r0, r1, c0, c1)
-                else:
-                    if not kv_loaded:
-                        load(mem, T_K, B_K, c0, c1, 0, d)
-                        load(mem, T_V, B_V, c0, c1, 0, dv)
-                        kv_loaded = True
+                vis = enter_tile(mem, r0, r1, c0, c1, causal, off)
+                if vis != 0:
+                    kv_loaded = load_kv_once(mem, kv_loaded, B_K, B_V, c0, c1, d, dv)
                     load(mem, T_Q, B_Q, r0, r1, 0, d)
                     load(mem, T_DO, B_DO, r0, r1, 0, dv)
                     load(mem, T_L, B_L, r0, r1, 0, 1)
@@ -235,8 +226,7 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, 
                     dv_[b, c0:c1] = dvj.astype(dv_.dtype)
                     store(mem, T_DK, B_DK, c0, c1, 0, d)
                     store(mem, T_DV, B_DV, c0, c1, 0, dv)
-                    free_all(mem)
-                if stop_here(mem, info, 1, b, r0, r1, c0, c1):
+                if close_step(mem, info, 1, b, r0, r1, c0, c1, i == tr - 1):
                     st_dk[:bc] = dkj
                     st_dv[:bc] = dvj
                     return
