@@ -28,7 +28,7 @@ import numpy as np
 
 import refattn
 from refattn.bench.dense import figure2
-from refattn.bench.sweep import count_run
+from refattn.bench.sweeps import count_run
 from refattn.data import random_qkv
 
 c.intro(__doc__, "IO complexity")
