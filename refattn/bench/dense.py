@@ -39,9 +39,16 @@ from refattn.bench.table import Table
 
 D = 64
 
-#: refattn / torch at N = 4096, d = 64, float32, 2 cores, measured by this table (issue 14):
-#: {machine: {(pass, causal): ratio}}. Printed as the closing note of the wall-time table.
-MEASURED = {}
+#: refattn / torch at N = 4096, d = 64, float32, 2 cores (``taskset -c 0,1``), measured by this table
+#: (issue 14; docs/speed.md). Printed as the closing note of the wall-time table.
+MEASURED = {
+    "the GPU host's CPU (Intel Xeon, torch 2.11.0+cu130, idle; its torch is slow there: 26 GFLOP/s at "
+    "N = 16384)": "forward 0.33x, causal 0.37x; forward + backward 0.69x, causal 0.65x",
+    "the developers' machine (Xeon Sapphire Rapids, torch 2.13.0+cpu) shared with other jobs (load 3-4), "
+    "best of 7 interleaved runs": "forward 1.97x, causal 1.34x; forward + backward 0.78x, causal 1.01x",
+    "the developers' machine, one thread each, CPU time (robust to the load)": "forward about 1.4-1.7x "
+    "(48-60 ms vs 34 ms), causal 1.5-1.7x (28-32 ms vs 18.8 ms)",
+}
 
 
 def _median_time(repeats, fn, *args):
