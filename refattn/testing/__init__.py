@@ -29,22 +29,19 @@ This package imports **hypothesis** at import time (it is in refattn's
 """
 
 from refattn.testing.adapters import TORCH_SDPA_CAPABILITIES, from_jax, from_torch, torch_sdpa
-from refattn.testing.check import (
-    DEFAULT_MAX_EXAMPLES,
-    ConformanceError,
-    ConformanceReport,
-    Failure,
-    assert_conforms,
-    check_attention,
-)
+from refattn.testing.check import DEFAULT_MAX_EXAMPLES, ConformanceError, assert_conforms, check_attention
+from refattn.testing.protocols import PROTOCOLS, plain_attention
+from refattn.testing.report import ConformanceReport, Failure, Semantics
 from refattn.testing.strategies import (
     DTYPES,
     MASK_KINDS,
     VALUE_KINDS,
     Capabilities,
     Problem,
+    boundary_sizes,
     head_dims,
     leading_dims,
+    make_problem,
     problems,
     sizes,
 )
@@ -52,6 +49,7 @@ from refattn.testing.tolerance import Tolerance
 
 __all__ = [
     "Capabilities", "ConformanceError", "ConformanceReport", "DEFAULT_MAX_EXAMPLES", "DTYPES", "Failure",
-    "MASK_KINDS", "Problem", "TORCH_SDPA_CAPABILITIES", "Tolerance", "VALUE_KINDS", "assert_conforms",
-    "check_attention", "from_jax", "from_torch", "head_dims", "leading_dims", "problems", "sizes", "torch_sdpa",
+    "MASK_KINDS", "PROTOCOLS", "Problem", "Semantics", "TORCH_SDPA_CAPABILITIES", "Tolerance", "VALUE_KINDS",
+    "assert_conforms", "boundary_sizes", "check_attention", "from_jax", "from_torch", "head_dims", "leading_dims",
+    "make_problem", "plain_attention", "problems", "sizes", "torch_sdpa",
 ]
