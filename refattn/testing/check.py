@@ -259,7 +259,9 @@ class Run:
         try:
             o, lse = unpack(out, self.lse_mode)
         except _Unpack as exc:
-            return Failure(p, "shape", "o", str(exc))
+            detected = cap.lse is None and self.lse_mode
+            return Failure(p, "shape", "o", "the function returned (o, lse) on earlier calls but a single value "
+                                            "on this one" if detected else str(exc))
         returns = "(o, lse)" if lse is not None else "o"
         if self.lse_mode is None:
             self.lse_mode, sem.returns = lse is not None, returns

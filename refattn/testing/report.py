@@ -86,7 +86,8 @@ class Semantics:
             rule = {"bottom_right": "j <= i + Nk - Nq", "top_left": "j <= i"}
             causal = "; ".join(f"{a}: {rule[a]} ({self.causal[a]} draws with Nq != Nk)" for a in cap.causal)
         rows.append(("causal alignment", est.get("causal alignment", causal)))
-        policy = {"zero": "o = 0, lse = -inf", "nan": "NaN (declared; those rows not compared)",
+        zero = "o = 0, lse = -inf" if self.returns == "(o, lse)" else "o = 0"
+        policy = {"zero": zero, "nan": "NaN (declared; those rows not compared)",
                   "unsupported": "never given (declared unsupported)"}[fully_masked_policy]
         rows.append(("fully masked rows", est.get("fully masked rows",
                                                   f"{policy} ({self.empty_rows} draws with such rows)")))
