@@ -292,7 +292,7 @@ def pick(options):
     options for most of its examples; the kit needs every hard case in every run.)
     """
     options = list(options)
-    return st.integers(0, 64 * len(options) - 1).map(lambda i: options[i % len(options)])
+    return st.integers(0, 2**32 - 1).map(lambda i: options[i % len(options)])
 
 
 @st.composite
