@@ -1,20 +1,28 @@
 """refattn.testing: a conformance kit that property-tests any attention kernel.
 
-Five lines test your own kernel against the float64 naive softmax::
+A few lines test your own kernel against the float64 naive softmax::
 
     from refattn.testing import Capabilities, check_attention
 
-    def my_attention(q, k, v, *, causal, scale, mask):   # NumPy in, (o, lse) out
+    def my_attention(q, k, v, *, causal, scale, mask):   # NumPy in; o or (o, lse) out
         ...
     check_attention(my_attention, capabilities=Capabilities(dtypes=("float32",)))
 
 * :func:`check_attention` (and :func:`assert_conforms`, its pytest form)
-  draws problems with :func:`problems` (hypothesis strategies: shapes, dtypes,
-  masks, value distributions), runs ``fn`` and :mod:`refattn.reference` on
-  each, and on failure raises :class:`ConformanceError` whose text is the
-  shrunk minimal example, the error and where it lies; known convention
-  differences (causal alignment, fully masked rows, lse units, scale or mask
-  ignored/inverted) are named.
+  draws problems with :func:`problems` (hypothesis strategies whose sizes
+  reach every tile path: ``Nq, Nk`` up to 300 around each multiple of 16,
+  head dims up to 256, mixed with small shapes that shrink well), runs
+  ``fn`` on copies of the inputs and :mod:`refattn.reference` on the
+  originals, and checks shape, dtype, untouched inputs, NaN/Inf, values
+  and determinism. On failure it raises :class:`ConformanceError` whose
+  text is the shrunk minimal example, the error and where it lies; a
+  convention difference (causal alignment, fully masked rows, lse units,
+  scale or mask ignored/inverted) is named only when probes confirm it
+  (:mod:`~refattn.testing.diagnose`).
+* The report prints four verdicts on the same draws (refattn's rule and the
+  FlashAttention, FlexAttention and PyTorch SDPA test rules,
+  :mod:`~refattn.testing.protocols`) and a semantics sheet of what the run
+  established (:mod:`~refattn.testing.report`). docs/testing.md explains all.
 * :class:`Capabilities` says what the kernel claims (JSON-able, for
   ``refattn conform package.module:function --capabilities '{...}'``).
 * :mod:`~refattn.testing.tolerance`: dtype-derived tolerances (the rule is in

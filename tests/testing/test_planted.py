@@ -49,11 +49,13 @@ def test_planted_bug_is_caught_at_the_defaults(bug):
     assert text.startswith(f"FAIL {name}") and "minimal example:" in text
     tile = BUG_TILE[bug]
     if bug == "inter_tile_rescale":
-        assert p.nk > tile and p.nq == 1  # needs a second key tile; shrunk to one query row
+        assert tile < p.nk <= 2 * tile and p.nq <= 17 and p.lead == ()  # a second key tile; few query rows
     elif bug == "last_partial_tile":
         assert p.nk % tile != 0
     elif bug == "causal_off_by_one":
-        assert p.causal and p.nq != p.nk and "not a convention difference" in text
+        assert p.causal and p.nq != p.nk  # (and, per EXPECTED, not called a causal-alignment convention)
+        if abs(p.nk - p.nq) == 1:  # where the bug equals the other alignment, the probes say it is none
+            assert "not a convention difference" in text
     elif bug == "head_dim_tail":
         assert p.d > 8 and p.d % 8 != 0
     elif bug == "scale_past_d128":
