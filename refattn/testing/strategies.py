@@ -250,6 +250,9 @@ class Problem:
             parts.append(kind)
         return " + ".join(parts) or "no mask"
 
+    def __repr__(self):  # (hypothesis prints failing examples; the arrays would be megabytes)
+        return f"Problem({self.describe()})"
+
     def describe(self) -> str:
         scale = "default 1/sqrt(d)" if self.scale is None else f"{self.scale:g}"
         return (f"{self.dtype} q{self.q.shape} k{self.k.shape} v{self.v.shape}, mask: {self.mask_description()}, "
