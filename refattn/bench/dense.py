@@ -24,7 +24,7 @@ import statistics
 import time
 
 import numpy as np
-from tqdm import tqdm
+from tqdm import tqdm  # bars use disable=None: none when stderr is not a terminal (no leftovers in logs)
 
 from refattn.bench.table import Table
 
@@ -81,7 +81,7 @@ def wall_time(quick: bool) -> Table:
         flash_forward(*warm, sram="a100")
         standard_forward(*warm, sram="a100")
     goal = None
-    for n in tqdm(sizes, desc="dense wall time", leave=False):
+    for n in tqdm(sizes, desc="dense wall time", leave=False, disable=None):
         q, k, v = (rng.standard_normal((n, D)).astype(np.float32) for _ in range(3))
         small = n <= MAX_N_MATERIALISED
         reps = repeats if n <= 4096 else 1
@@ -131,7 +131,7 @@ def figure2(quick: bool) -> Table:
                        "count; the robust target is the ratio (paper 40.3 / 4.4 = 9.2x)")
     if quick:
         table.notes.append("--quick: N = 256, so the paper columns are for reference only")
-    with tqdm(total=4, desc="figure 2", leave=False) as bar:
+    with tqdm(total=4, desc="figure 2", leave=False, disable=None) as bar:
         sf = standard_forward(q, k, v, sram="a100")
         bar.update()
         sb = standard_backward(q, k, v, sf.o, do, sram="a100")
@@ -169,7 +169,7 @@ def block_sweep(quick: bool) -> Table:
                        "past 256 runtime stops improving (compute becomes the limit)")
     table.notes.append("M used: the smallest power-of-two multiple of b*b + 4*b*d elements that the kernel accepts "
                        "for that block (bandwidth and peak from the a100 preset)")
-    for b in tqdm(blocks, desc="block sweep", leave=False):
+    for b in tqdm(blocks, desc="block sweep", leave=False, disable=None):
         M = b * b + 4 * b * D
         while True:
             try:

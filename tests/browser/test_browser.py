@@ -3,7 +3,8 @@
 Starts ``streamlit run viz_app/app.py`` headless on 127.0.0.1, opens every page,
 steps and plays the forward animation, checks that the counters on screen
 change and equal the library's, uploads a bad and a good file, saves a
-screenshot of each page into docs/screenshots/, and prints how long the first
+screenshot of each page (into a temporary folder; into docs/screenshots/ with
+REFATTN_UPDATE_SCREENSHOTS=1, see conftest.py), and prints how long the first
 render of each page and one step update took (goal: page < 3 s, step < 300 ms
 once Numba's cache is warm).
 """
@@ -23,7 +24,6 @@ import pytest
 from tests.optional import require
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 IN_CI = os.environ.get("REFATTN_REQUIRE_OPTIONAL") == "1"
 PAGES = ["forward", "backward", "io", "minference", "vitcod", "inputs"]
@@ -135,14 +135,13 @@ def open_page(page, url, name, timings, *, via_sidebar=False):
         '[data-testid="stException"]').first.inner_text()
 
 
-def shot(page, name):
+def shot(page, folder, name):
     wait_drawn(page)
     page.wait_for_timeout(300)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
-def test_every_page_in_the_browser(server, browser_page):
+def test_every_page_in_the_browser(server, browser_page, screenshot_dir):
     import refattn
     from refattn.data import random_qkv
 
@@ -169,7 +168,7 @@ def test_every_page_in_the_browser(server, browser_page):
         assert after > before and after == flash.trace.traffic_until(step).total_reads
         assert metric_value(page, "flash HBM writes") == flash.trace.traffic_until(step).total_writes
     timings["one step (median of 3)"] = sorted(step_times)[1]
-    shot(page, "forward")
+    shot(page, screenshot_dir, "forward")
 
     page.locator(".st-key-fwd_play label").click()  # play: the fragment advances on its own
     page.wait_for_timeout(3000)
@@ -192,17 +191,17 @@ def test_every_page_in_the_browser(server, browser_page):
         page.wait_for_timeout(300)
         wait_idle(page)
         assert metric_value(page, "flash HBM reads") > b0
-    shot(page, "backward")
+    shot(page, screenshot_dir, "backward")
 
     # --- page 3: IO explorer
     open_page(page, url, "io", timings)
     assert page.locator('[data-testid="stTable"]').count() >= 1
-    shot(page, "io")
+    shot(page, screenshot_dir, "io")
 
     # --- pages 4, 5
     for name in ("minference", "vitcod"):
         open_page(page, url, name, timings)
-        shot(page, name)
+        shot(page, screenshot_dir, name)
 
     # --- page 6: uploads (a bad file gives a message, a good one is accepted)
     open_page(page, url, "inputs", timings)
@@ -219,7 +218,7 @@ def test_every_page_in_the_browser(server, browser_page):
     wait_idle(page)
     page.wait_for_timeout(500)
     assert not page.locator('[data-testid="stException"]').count()
-    shot(page, "inputs")
+    shot(page, screenshot_dir, "inputs")
 
     # second visits through the sidebar: the server's st.cache_data is warm and the app stays loaded
     for name in PAGES:
