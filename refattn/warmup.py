@@ -31,9 +31,9 @@ from numba.core import event
 #: kernel module -> (what it is, rough cold compile time of one of its kernels, seconds, on 2 busy cores)
 KERNELS = {
     "refattn.kernels.flash": ("FlashAttention forward kernel", 20),
-    "refattn.kernels.flash_backward": ("FlashAttention backward kernel", 10),
-    "refattn.kernels.standard": ("standard three-pass kernel", 15),
-    "refattn.kernels.sparse": ("sparse (MInference) kernel", 30),
+    "refattn.kernels.flash_backward": ("FlashAttention backward kernel", 20),
+    "refattn.kernels.standard": ("standard three-pass kernel", 20),
+    "refattn.kernels.sparse": ("sparse (MInference) kernel", 40),
 }
 
 _lock = threading.Lock()
