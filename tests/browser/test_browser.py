@@ -227,4 +227,4 @@ def test_every_page_in_the_browser(server, browser_page, screenshot_dir):
 
     print("\nbrowser timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
     for name in PAGES:
-        assert (SHOTS / f"{name}.png").stat().st_size > 10_000
+        assert (screenshot_dir / f"{name}.png").stat().st_size > 10_000
