@@ -21,13 +21,14 @@ _EXPORTS = {
     "SramTooSmall": "refattn.memory",
     "IndexSet": "refattn.index_set",
     "flash_forward": "refattn.kernels.flash",
-    "flash_backward": "refattn.kernels.flash",
+    "flash_backward": "refattn.kernels.flash_backward",
     "standard_forward": "refattn.kernels.standard",
     "standard_backward": "refattn.kernels.standard",
     "sparse_forward": "refattn.kernels.sparse",
     "minference_forward": "refattn.patterns.minference",
     "simulate_gemm": "refattn.pe_array",
     "split_attention": "refattn.vitcod.reorder",
+    "vitcod_forward": "refattn.vitcod.kernel",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -16,7 +16,7 @@ Conventions (see README):
 * A row with no visible key gives output 0 and log-sum-exp -inf, never NaN.
 * The log-sum-exp is in natural-log units: ``lse = m + log(l)``.
 
-Math (ALGORITHMS.md section 1)::
+Math (docs/algorithms.md)::
 
     S = scale * Q K^T            (masked entries excluded)
     P = softmax(S) row-wise      (row max subtracted before exp)
@@ -107,11 +107,16 @@ def attention(q, k, v, *, scale=None, causal=False, mask=None):
 
 
 def attention_backward(q, k, v, do, *, scale=None, causal=False, mask=None):
-    """Exact gradients of ``sum(O * dO)`` in float64. Returns ``(dq, dk, dv)``."""
+    """Exact gradients of ``sum(O * dO)`` in float64. Returns ``(dq, dk, dv)``.
+
+    ``do`` has the shape of the output o (leading dims broadcast from q, k, v);
+    each gradient has the shape of its input (summed over broadcast dims).
+    """
     check_attention_inputs(q, k, v, mask=mask, causal=causal, where="reference.attention_backward")
     q64, k64, v64 = _as64(q, k, v)
     do64 = np.asarray(do, dtype=np.float64)
-    expected = q64.shape[:-1] + (v64.shape[-1],)
+    lead = np.broadcast_shapes(q64.shape[:-2], k64.shape[:-2], v64.shape[:-2])
+    expected = lead + (q64.shape[-2], v64.shape[-1])  # the shape of o (leading dims broadcast)
     try:
         bad = np.broadcast_shapes(do64.shape, expected) != expected or do64.ndim != len(expected)
     except ValueError:  # shapes that do not broadcast at all
