@@ -34,6 +34,8 @@ KERNELS = {
     "refattn.kernels.flash_backward": ("FlashAttention backward kernel", 20),
     "refattn.kernels.standard": ("standard three-pass kernel", 20),
     "refattn.kernels.sparse": ("sparse (MInference) kernel", 40),
+    "refattn.vitcod.loop": ("ViTCoD engines kernel", 20),
+    "refattn.pe_array": ("PE-array (systolic GEMM) model", 5),
 }
 
 _lock = threading.Lock()
