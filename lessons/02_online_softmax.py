@@ -81,9 +81,10 @@ m and l for its query rows. sram=4096 is the simulated on-chip memory in element
 for step, (m_hand, l_hand) in enumerate(history, start=1):
     r = refattn.flash_forward(q, k, v, sram=4096, variant="fa2", block=(n_q, chunk), stop_after=step)
     st = r.state
-    print(f"    after tile {step}: kernel m[0] = {st['m'][0]:.4f}, l[0] = {st['l'][0]:.4f}; "
-          f"keys {st['cols'][0]}-{st['cols'][1] - 1} just read")
-    c.claim(np.isclose(st["m"][0], m_hand) and np.isclose(st["l"][0], l_hand),
+    m_k, l_k = st.arrays["m"], st.arrays["l"]
+    print(f"    after tile {step}: kernel m[0] = {m_k[0]:.4f}, l[0] = {l_k[0]:.4f}; "
+          f"keys {st.cols[0]}-{st.cols[1] - 1} just read")
+    c.claim(np.isclose(m_k[0], m_hand) and np.isclose(l_k[0], l_hand),
             f"tile {step}: the kernel's m and l for row 0 equal the hand-written running values")
 full = refattn.flash_forward(q, k, v, sram=4096, variant="fa2", block=(n_q, chunk))
 c.claim(np.allclose(full.o, o_ref, atol=1e-13), "the full kernel output equals the reference for all 4 rows")

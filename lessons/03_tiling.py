@@ -55,7 +55,8 @@ its on-chip footprint fits M. Tr = ceil(N/Br) and Tc = ceil(N/Bc) are the number
 blocks.""")
 for name, r in (("FA1", fa1), ("FA2", fa2)):
     p = r.plan
-    c.show(name, f"Br = {p['Br']}, Bc = {p['Bc']}, Tr = {p['Tr']}, Tc = {p['Tc']}, footprint {p['footprint']} elements")
+    c.show(name, f"Br = {p.blocks['Br']}, Bc = {p.blocks['Bc']}, Tr = {p.tiles['Tr']}, Tc = {p.tiles['Tc']}, "
+                 f"footprint {p.on_chip} elements")
 
 c.say("""Step 3. The counted HBM traffic, in elements, per tensor (reads r, writes w). S and P appear
 only for the standard kernel.""")
@@ -73,11 +74,12 @@ c.say("""Step 4. The closed forms from the kernels' docstrings (no causal mask, 
 standard 4N^2 + 4Nd + N (S written, read, P written, read; Q, K, V read, O written; the lse L);
 FA2 Nd + Tr N 2d + Nd + N (Q once, K and V once per query block, O and L once);
 FA1 2Nd + Tc N (3d + 4) + N(d + 5) (K and V once; Q, O read and O, l, m read and written per key block).""")
-tr, tc = fa2.plan["Tr"], fa1.plan["Tc"]
-t1 = -(-n // std.plan["F1"][0])  # query-row blocks of pass F1 (plan: (rows R, inner C) per pass)
-t3 = -(-n // std.plan["F3"][0])
-c.show("standard kernel's passes F1 and F3 use row blocks of", f"{std.plan['F1'][0]} rows: T1 = {t1}, T3 = {t3}")
-c.claim(std.plan["softmax"] == "whole rows", "pass F2 (softmax) holds whole rows, so it reads S once")
+tr, tc = fa2.plan.tiles["Tr"], fa1.plan.tiles["Tc"]
+passes = std.plan.details["passes"]  # (rows R, inner C) per pass
+t1 = -(-n // passes["F1"][0])  # query-row blocks of pass F1
+t3 = -(-n // passes["F3"][0])
+c.show("standard kernel's passes F1 and F3 use row blocks of", f"{passes['F1'][0]} rows: T1 = {t1}, T3 = {t3}")
+c.claim(std.plan.details["softmax"] == "whole rows", "pass F2 (softmax) holds whole rows, so it reads S once")
 closed = {
     "standard": 4 * n * n + n * d * (1 + t1 + t3 + 1) + n,
     "FA2": n * d + tr * n * 2 * d + n * d + n,

@@ -40,10 +40,12 @@ for M in (512, 1024, 2048, 4096, 16384, 32768, 1_000_000):
     std = refattn.standard_forward(q, k, v, sram=M)
     kv = fa2.traffic.of("K")[0] + fa2.traffic.of("V")[0]
     rows[M] = (fa2, std, kv)
-    print(f"    {M:>8} {fa2.plan['Br']:>4} {fa2.plan['Tr']:>4} {fa2.traffic.total:>10} {std.traffic.total:>10} "
+    br, tr = fa2.plan.blocks["Br"], fa2.plan.tiles["Tr"]
+    print(f"    {M:>8} {br:>4} {tr:>4} {fa2.traffic.total:>10} {std.traffic.total:>10} "
           f"{kv * M / (n * n * d * d):>24.3g}")
-    c.claim(kv == 2 * fa2.plan["Tr"] * n * d, f"M = {M}: K and V are read exactly Tr = {fa2.plan['Tr']} times each")
-regular = [M for M in rows if rows[M][0].plan["Br"] * 4 * d == M]
+    c.claim(kv == 2 * fa2.plan.tiles["Tr"] * n * d,
+            f"M = {M}: K and V are read exactly Tr = {fa2.plan.tiles['Tr']} times each")
+regular = [M for M in rows if rows[M][0].plan.blocks["Br"] * 4 * d == M]
 c.show("sizes where Br = M/(4d) exactly (the paper's rule, not clipped)", regular)
 c.claim(len(regular) >= 3 and all(rows[M][2] * M == 8 * n * n * d * d for M in regular),
         "there, K + V reads = 8 N^2 d^2 / M exactly: doubling M halves them (Theta(N^2 d^2 / M))")

@@ -21,7 +21,7 @@ _EXPORTS = {
     "SramTooSmall": "refattn.memory",
     "IndexSet": "refattn.index_set",
     "flash_forward": "refattn.kernels.flash",
-    "flash_backward": "refattn.kernels.flash",
+    "flash_backward": "refattn.kernels.flash_backward",
     "standard_forward": "refattn.kernels.standard",
     "standard_backward": "refattn.kernels.standard",
     "sparse_forward": "refattn.kernels.sparse",

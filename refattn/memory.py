@@ -22,7 +22,7 @@ The device arrays (one :class:`Mem`)
 ``ops     (2,) int64``             [matmul FLOPs, exponentials].
 ``slots   (N_SLOTS,) int64``       elements each on-chip buffer ("slot") holds now.
 ``sram    (3,) int64``             [current occupancy, peak occupancy, capacity M].
-``trace   (cap, 9) int64``         event records (see ``TRACE_FIELDS``); cap may be 0.
+``trace   (cap, 10) int64``        event records (see ``TRACE_FIELDS``); cap may be 0.
 ``cursor  (4,) int64``             [events seen, current step, stop_after (-1: never), head].
 
 SRAM accounting: a kernel names the buffer ("slot") each load fills or each
@@ -32,10 +32,12 @@ what ``peak_sram`` reports. Kernels check their plan against M in Python
 before any work starts (:func:`require_fits`); the counted peak is then
 asserted to be within M after the run.
 
-Steps and stopping: a kernel calls :func:`end_step` after each unit of work
-(for the flash kernels, one tile). It returns True when the run was asked to
-stop there (``stop_after``), and the kernel then saves its on-chip state and
-returns early. The app steps by rerunning to step k.
+Steps and stopping: steps are numbered 1..n_steps (docs/contract.md). A kernel
+calls :func:`end_step` after each unit of work (for the flash kernels, one
+tile); every event recorded before it carries that step's 1-based number. It
+returns True when the run was asked to stop there (``stop_after``), and the
+kernel then saves its on-chip state and returns early. The app steps by
+rerunning to step k.
 
 Time model (:func:`simulated_time`): the whole device streams HBM at its
 bandwidth and computes at its peak rate, and the two overlap perfectly, so
@@ -70,9 +72,11 @@ N_SLOTS = 16
 EVENT_KINDS = ("load", "store", "compute", "skip", "free")
 EV_LOAD, EV_STORE, EV_COMPUTE, EV_SKIP, EV_FREE = range(len(EVENT_KINDS))
 
-#: Columns of one trace record. Row/column ranges are half-open [r0, r1) x [c0, c1)
-#: in the coordinates of the named tensor (for a compute event: query rows x key columns).
-TRACE_FIELDS = ("step", "kind", "tensor", "slot", "head", "r0", "r1", "c0", "c1")
+#: Columns of one trace record. ``step`` is 1-based. Row/column ranges are half-open
+#: [r0, r1) x [c0, c1) in the coordinates of the named tensor (for a compute event:
+#: query rows x key columns). ``append`` is 1 for a load that adds to its slot
+#: (:func:`load_more`, gathers) instead of replacing its content.
+TRACE_FIELDS = ("step", "kind", "tensor", "slot", "head", "r0", "r1", "c0", "c1", "append")
 TRACE_WIDTH = len(TRACE_FIELDS)
 
 OP_FLOPS, OP_EXP = 0, 1
@@ -96,11 +100,11 @@ def new_mem(capacity: int, *, trace_capacity: int = 0, stop_after: int | None = 
 # Jitted primitives used inside kernels
 # ---------------------------------------------------------------------------
 @numba.njit(cache=True, inline="always")
-def _record(mem, kind, tensor, slot, r0, r1, c0, c1):
+def _record(mem, kind, tensor, slot, r0, r1, c0, c1, append=0):
     n = mem.cursor[0]
     if n < mem.trace.shape[0]:
         rec = mem.trace[n]
-        rec[0] = mem.cursor[1]
+        rec[0] = mem.cursor[1] + 1  # the step being worked on, 1-based
         rec[1] = kind
         rec[2] = tensor
         rec[3] = slot
@@ -109,6 +113,7 @@ def _record(mem, kind, tensor, slot, r0, r1, c0, c1):
         rec[6] = r1
         rec[7] = c0
         rec[8] = c1
+        rec[9] = append
     mem.cursor[0] = n + 1
 
 
@@ -137,7 +142,7 @@ def load_more(mem, tensor, slot, r0, r1, c0, c1):
     n = (r1 - r0) * (c1 - c0)
     mem.counts[tensor, 0] += n
     _fill_slot(mem, slot, n, True)
-    _record(mem, EV_LOAD, tensor, slot, r0, r1, c0, c1)
+    _record(mem, EV_LOAD, tensor, slot, r0, r1, c0, c1, 1)
 
 
 @numba.njit(cache=True, inline="always")
@@ -189,7 +194,7 @@ def count_flops(mem, flops, exps):
 
 @numba.njit(cache=True, inline="always")
 def end_step(mem):
-    """Close one step. Returns True if the run must stop here (``stop_after`` reached)."""
+    """Close the current step (1-based number ``cursor[1] + 1``). True if the run must stop here."""
     mem.cursor[1] += 1
     return mem.cursor[1] == mem.cursor[2]
 
@@ -257,17 +262,32 @@ class Traffic:
 
 @dataclass(frozen=True)
 class Event:
-    step: int
+    step: int  # 1-based
     kind: str
     tensor: str | None
     slot: int
     head: int
     rows: tuple[int, int]
     cols: tuple[int, int]
+    append: bool = False
 
     @property
     def elements(self) -> int:
         return (self.rows[1] - self.rows[0]) * (self.cols[1] - self.cols[0])
+
+
+@dataclass(frozen=True)
+class SlotContent:
+    """What one on-chip slot holds: a block of ``tensor``, rows x cols (half-open), ``elements`` in all.
+
+    For a slot filled by gathers (several appending loads) rows/cols give the
+    span of the gathered blocks and ``elements`` their exact total.
+    """
+
+    tensor: str | None
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    elements: int
 
 
 @dataclass(frozen=True)
@@ -291,14 +311,15 @@ class Trace:
         return Event(
             step=int(r[0]), kind=EVENT_KINDS[int(r[1])], tensor=TENSORS[t] if t >= 0 else None,
             slot=int(r[3]), head=int(r[4]), rows=(int(r[5]), int(r[6])), cols=(int(r[7]), int(r[8])),
+            append=bool(r[9]),
         )
 
     def events_at(self, step: int) -> list[Event]:
-        """Events recorded during step ``step`` (0-based)."""
+        """Events recorded during step ``step`` (1-based; step 0 has none)."""
         return [self._event(r) for r in self.records[self.records[:, 0] == step]]
 
     def traffic_until(self, step: int, bytes_per_element: int = 2) -> Traffic:
-        """HBM traffic of steps 0..step inclusive, replayed from the events."""
+        """HBM traffic of steps 1..step inclusive, replayed from the events (step 0: nothing yet)."""
         counts = np.zeros((N_TENSORS, 2), np.int64)
         rec = self.records[self.records[:, 0] <= step]
         n = (rec[:, 6] - rec[:, 5]) * (rec[:, 8] - rec[:, 7])
@@ -308,13 +329,24 @@ class Trace:
         return Traffic.from_counts(counts, bytes_per_element)
 
     def sram_at(self, step: int) -> dict:
-        """What each slot holds at the end of step ``step``: {slot_name: Event} (last fill)."""
+        """What each slot holds at the end of step ``step`` (1-based): {slot name: SlotContent}.
+
+        Replayed from the events: a load or compute event replaces the slot's
+        content, an appending load (a gather) adds to it, a free empties it.
+        """
         held: dict = {}
         for r in self.records[self.records[:, 0] <= step]:
             kind, slot = int(r[1]), int(r[3])
-            name = self.slot_names[slot] if slot < len(self.slot_names) else str(slot)
+            name = self.slot_names[slot] if 0 <= slot < len(self.slot_names) else str(slot)
             if kind in (EV_LOAD, EV_COMPUTE):
-                held[name] = self._event(r)
+                e = self._event(r)
+                old = held.get(name)
+                if e.append and old is not None and old.tensor == e.tensor:
+                    held[name] = SlotContent(e.tensor, (min(old.rows[0], e.rows[0]), max(old.rows[1], e.rows[1])),
+                                             (min(old.cols[0], e.cols[0]), max(old.cols[1], e.cols[1])),
+                                             old.elements + e.elements)
+                else:
+                    held[name] = SlotContent(e.tensor, e.rows, e.cols, e.elements)
             elif kind == EV_FREE:
                 held.pop(name, None)
         return held
@@ -334,6 +366,10 @@ def make_trace(mem: Mem, slot_names=()) -> Trace | None:
 # ---------------------------------------------------------------------------
 # SRAM configuration and chip presets
 # ---------------------------------------------------------------------------
+#: Largest SRAM capacity accepted (counters are int64; 2**53 keeps every count exact in a float too).
+MAX_CAPACITY = 2**53
+
+
 class SramTooSmall(ValueError):
     """A kernel's plan needs more on-chip memory than M."""
 
@@ -394,7 +430,7 @@ CHIPS = {
         peak_flops=2 * 512 * 500e6,
         bytes_per_element=1,
         source=(
-            "ViTCoD public simulator (GATECH-EIC/ViTCoD) settings as restated in ALGORITHMS.md sec. 8: "
+            "ViTCoD public simulator (GATECH-EIC/ViTCoD) settings as restated in docs/algorithms.md (ViTCoD): "
             "512 MACs at 500 MHz, 76.8 GB/s off-chip, 8-bit data, Q/K/V buffers of 53 KB, "
             "20 KB index buffer, 108 KB output buffer."
         ),
@@ -424,6 +460,8 @@ class Sram:
             raise TypeError(f"SRAM capacity M must be an integer number of elements, got {self.capacity!r}")
         if self.capacity <= 0:
             raise ValueError(f"SRAM capacity M must be positive, got {self.capacity}")
+        if self.capacity > MAX_CAPACITY:
+            raise ValueError(f"SRAM capacity M = {self.capacity} elements is too large (at most 2**53 elements)")
         if self.bytes_per_element <= 0:
             raise ValueError(f"bytes_per_element must be positive, got {self.bytes_per_element}")
 

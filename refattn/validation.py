@@ -4,9 +4,14 @@ Bad input is refused here, before any kernel runs, with a message that names
 the argument and the problem. Policy for non-finite values: NaN or Inf in
 q, k, v (or do) is refused with ``ValueError``; attention of non-finite
 inputs has no single right answer, and a silent NaN output hides bugs.
+Arrays in non-native byte order (e.g. ``x.astype(">f4")``) are converted to
+native order here. The simulated kernels also refuse inputs whose scores or
+unnormalised sums could overflow their dtype (:func:`check_kernel_range`).
 """
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -37,6 +42,8 @@ def _check_array(name, x, where, float_dtypes):
         raise ValueError(f"{where}: {name} must have at least 2 dims (..., N, d), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"{where}: {name} must be a floating-point array, got dtype {x.dtype}")
+    if not x.dtype.isnative:  # e.g. big-endian data: the kernels compute in native order
+        x = x.astype(x.dtype.newbyteorder("="))
     if float_dtypes is not None and x.dtype.type not in float_dtypes:
         allowed = ", ".join(np.dtype(t).name for t in float_dtypes)
         raise TypeError(f"{where}: {name} has dtype {x.dtype}; this kernel computes in {allowed}")
@@ -94,10 +101,55 @@ def unbroadcast(g, shape):
 
 
 def check_scale(scale, d, where="attention"):
-    """Return the softmax scale as a float (default 1/sqrt(d)); refuse non-finite values."""
+    """Return the softmax scale as a float (default 1/sqrt(d)); refuse non-numbers and non-finite values."""
     if scale is None:
         return 1.0 / float(np.sqrt(d))
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"{where}: scale must be a real number, got {scale!r} ({type(scale).__name__})")
     scale = float(scale)
     if not np.isfinite(scale):
         raise ValueError(f"{where}: scale must be finite, got {scale}")
     return scale
+
+
+def _max_row_norm(x) -> float:
+    """max_i ||x_i|| over the last axis, computed in float64 (scaled, so squares cannot overflow)."""
+    top = float(np.max(np.abs(x)))
+    if top == 0 or not np.isfinite(top):
+        return top
+    y = np.asarray(x, np.float64) / top
+    return top * float(np.sqrt(np.max(np.einsum("...i,...i->...", y, y))))
+
+
+def check_kernel_range(q, k, v, scale, where="kernel"):
+    """Refuse inputs whose intermediate values could overflow the kernels' dtype.
+
+    A simulated kernel computes in the inputs' dtype. Its scores are bounded
+    by ``|scale| * max_i ||q_i|| * max_j ||k_j||`` (Cauchy-Schwarz), and the
+    unnormalised output sum of the flash kernels, ``sum_j exp(s_j - m) v_j``,
+    by ``Nk * max |v|``. If either bound exceeds the dtype's largest finite
+    value the input is refused with a ``ValueError`` that names it, rather
+    than risk an inf or NaN output. (float64 inputs have room to spare.)
+    """
+    dt = np.dtype(q.dtype)
+    big = float(np.finfo(dt).max)
+    if abs(scale) > big:
+        raise ValueError(f"{where}: scale = {scale:g} is beyond the range of {dt.name} (max {big:.3g})")
+    check_product_range(where, "the scores scale * q.k", "q", q, "k", k, abs(scale), dt)
+    nk = k.shape[-2]
+    vmax = float(np.max(np.abs(v)))
+    if not nk * vmax <= big:
+        raise ValueError(f"{where}: v is too large for {dt.name}: the unnormalised sum over Nk = {nk} keys may "
+                         f"reach Nk * max|v| = {nk * vmax:.3g} > {big:.3g}; rescale v or use float64")
+
+
+def check_product_range(where, what, a_name, a, b_name, b, factor, dt):
+    """Refuse when ``factor * max_i ||a_i|| * max_j ||b_j||`` (a bound on ``factor * a_i . b_j``)
+    exceeds the largest finite value of dtype ``dt``."""
+    dt = np.dtype(dt)
+    big = float(np.finfo(dt).max)
+    bound = factor * _max_row_norm(a) * _max_row_norm(b)
+    if not bound <= big:
+        raise ValueError(f"{where}: {what} could overflow {dt.name}: factor {factor:g} * max ||{a_name}_i|| * "
+                         f"max ||{b_name}_j|| = {bound:.3g} > {big:.3g}; rescale {a_name} or {b_name}, "
+                         f"or use float64")

@@ -52,11 +52,16 @@ def test_counters_occupancy_and_trace():
     ev = trace.events[0]
     got = (ev.kind, ev.tensor, ev.slot, ev.head, ev.rows, ev.cols, ev.elements)
     assert got == ("load", "Q", 0, 7, (0, 4), (0, 5), 20)
-    assert [e.kind for e in trace.events_at(1)][-1] == "skip"
-    assert trace.traffic_until(2) == tr
-    assert trace.traffic_until(0) == Traffic({"Q": 20, "K": 10}, {"O": 20})
-    held = trace.sram_at(0)
+    assert ev.step == 1 and not ev.append and trace.events[2].append  # steps are 1-based; load_more appends
+    assert trace.events_at(0) == [] and [e.kind for e in trace.events_at(2)][-1] == "skip"
+    assert trace.traffic_until(3) == tr
+    assert trace.traffic_until(0) == Traffic({}, {})
+    assert trace.traffic_until(1) == Traffic({"Q": 20, "K": 10}, {"O": 20})
+    held = trace.sram_at(1)
     assert set(held) == {"Q", "K"} and held["Q"].rows == (0, 4)  # S was freed at the end of the step
+    # the gathered slot holds both rows: its elements are the slot's count, its rows their span
+    assert held["K"] == memory.SlotContent("K", (0, 2), (0, 5), 10)
+    assert sum(x.elements for x in held.values()) == int(mem.sram[0])
 
 
 def test_stop_after_and_trace_overflow():

@@ -112,10 +112,11 @@ def test_traffic_equals_closed_form(nq, nk, d, dv, m_extra, heads, masked, causa
     rng, q, k, v, do = _inputs(0, (heads,), nq, nk, d, dv, np.float32)
     mask = rng.random((heads, nq, nk)) < 0.5 if masked else None
     r = standard_forward(q, k, v, sram=M, causal=causal, mask=mask)
-    assert (r.traffic.reads, r.traffic.writes) == closed_form_forward(nq, nk, d, dv, r.plan, masked, heads)
+    passes = r.plan.details["passes"]
+    assert (r.traffic.reads, r.traffic.writes) == closed_form_forward(nq, nk, d, dv, passes, masked, heads)
     assert r.flops == 2 * nq * nk * (d + dv) * heads
     b = standard_backward(q, k, v, r.o, do, sram=M, causal=causal, mask=mask)
-    assert (b.traffic.reads, b.traffic.writes) == closed_form_backward(nq, nk, d, dv, b.plan, heads)
+    assert (b.traffic.reads, b.traffic.writes) == closed_form_backward(nq, nk, d, dv, b.plan.details["passes"], heads)
     assert b.flops == 4 * nq * nk * (d + dv) * heads
     assert r.peak_sram <= M and b.peak_sram <= M
 
@@ -186,27 +187,27 @@ def test_trace_and_stop_after_agree_with_the_full_run(M):
     full = standard_forward(q, k, v, sram=M, trace=True)
     plain = standard_forward(q, k, v, sram=M)
     assert np.array_equal(full.o, plain.o) and full.traffic == plain.traffic and full.trace is not None
-    assert full.trace.traffic_until(full.n_steps - 1) == full.traffic
+    assert full.trace.traffic_until(full.n_steps) == full.traffic
     for k_ in (1, full.n_steps // 2, full.n_steps - 1):
         part = standard_forward(q, k, v, sram=M, trace=True, stop_after=k_)
-        assert part.stopped and part.n_steps == k_ and part.state["step"] == k_ - 1
-        assert part.traffic == full.trace.traffic_until(k_ - 1)
+        assert part.stopped and part.n_steps == k_ and part.state.step == k_
+        assert part.traffic == full.trace.traffic_until(k_)
         assert np.array_equal(part.trace.records, full.trace.records[: len(part.trace)])
-    (r1, c1) = full.plan["F1"]
+    (r1, c1) = full.plan.details["passes"]["F1"]
     f1_steps = _cdiv(9, r1) * _cdiv(13, c1)
-    assert standard_forward(q, k, v, sram=M, stop_after=f1_steps).state["pass"] == "F1 S=QK^T"
+    assert standard_forward(q, k, v, sram=M, stop_after=f1_steps).state.phase == "F1 S=QK^T"
     mid = standard_forward(q, k, v, sram=M, stop_after=f1_steps + 1)
-    assert mid.state["pass"] == "F2 softmax"
+    assert mid.state.phase == "F2 softmax"
     # S in HBM is complete once pass F1 is over.
-    s_done = mid.state["hbm"]["S"][0]
+    s_done = mid.state.arrays["hbm"]["S"][0]
     np.testing.assert_allclose(s_done, (q @ k.T) / np.sqrt(3), atol=1e-12)
-    assert full.plan["n_steps"] == full.n_steps
+    assert full.plan.n_steps == full.n_steps
     assert standard_forward(q, k, v, sram=M, stop_after=full.n_steps).stopped  # the last step stops too
-    with pytest.raises(ValueError, match="stop_after must be between 1 and the number of steps"):
+    with pytest.raises(ValueError, match="stop_after must be an integer between 1 and n_steps"):
         standard_forward(q, k, v, sram=M, stop_after=full.n_steps + 1)
 
     b = standard_backward(q, k, v, full.o, do, sram=M, trace=True)
-    assert b.trace.traffic_until(b.n_steps - 1) == b.traffic
-    assert b.plan["n_steps"] == b.n_steps
+    assert b.trace.traffic_until(b.n_steps) == b.traffic
+    assert b.plan.n_steps == b.n_steps
     part = standard_backward(q, k, v, full.o, do, sram=M, stop_after=1)
-    assert part.stopped and part.state["pass"] == "B1 dV=P^T dO" and part.trace is not None
+    assert part.stopped and part.state.phase == "B1 dV=P^T dO" and part.trace is not None

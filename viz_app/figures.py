@@ -32,7 +32,7 @@ READ_COLOUR, WRITE_COLOUR = "#3182bd", "#de2d26"
 
 # --------------------------------------------------------------------------- steps
 def last_step(trace: Trace) -> int:
-    """Largest step number in the trace (events after the last ``end_step`` carry n_steps)."""
+    """Largest step number in the trace (steps are 1-based; step 0 shows the state before the run)."""
     return int(trace.records[:, 0].max()) if len(trace) else 0
 
 
@@ -48,12 +48,12 @@ def _tile_records(trace: Trace) -> np.ndarray:
     return rec[is_tile | (rec[:, 1] == EV_SKIP)]
 
 
-def tile_edges(trace: Trace, nq: int, nk: int, plan: dict | None = None):
+def tile_edges(trace: Trace, nq: int, nk: int, plan=None):
     """Row and column boundaries of the tile grid: from the plan's Br/Bc, else from the events."""
-    plan = plan or {}
-    if plan.get("Br") and plan.get("Bc"):
-        rows = np.unique(np.r_[np.arange(0, nq, int(plan["Br"])), nq])
-        cols = np.unique(np.r_[np.arange(0, nk, int(plan["Bc"])), nk])
+    blocks = plan.blocks if plan is not None else {}
+    if blocks.get("Br") and blocks.get("Bc"):
+        rows = np.unique(np.r_[np.arange(0, nq, int(blocks["Br"])), nq])
+        cols = np.unique(np.r_[np.arange(0, nk, int(blocks["Bc"])), nk])
         return rows, cols
     rec = _tile_records(trace)
     rows = np.unique(np.r_[0, nq, rec[:, 5], rec[:, 6]])
@@ -61,7 +61,7 @@ def tile_edges(trace: Trace, nq: int, nk: int, plan: dict | None = None):
     return rows[(rows >= 0) & (rows <= nq)], cols[(cols >= 0) & (cols <= nk)]
 
 
-def tile_states(trace: Trace, step: int, nq: int, nk: int, plan: dict | None = None, head: int = 0):
+def tile_states(trace: Trace, step: int, nq: int, nk: int, plan=None, head: int = 0):
     """(row_edges, col_edges, states) with states[i, j] in PENDING/DONE/CURRENT/SKIPPED/CURRENT_SKIP."""
     rows, cols = tile_edges(trace, nq, nk, plan)
     states = np.full((len(rows) - 1, len(cols) - 1), PENDING, np.int64)
@@ -85,7 +85,7 @@ def current_tiles(trace: Trace, step: int, head: int = 0) -> list[tuple[tuple[in
             if e.head == head and e.kind == "compute" and e.tensor in TILE_TENSORS]
 
 
-def tile_grid(trace: Trace, step: int, nq: int, nk: int, plan: dict | None = None, *, title="", head=0):
+def tile_grid(trace: Trace, step: int, nq: int, nk: int, plan=None, *, title="", head=0):
     """Query x key tile grid: current tile lit, finished tiles shaded, skipped tiles grey."""
     rows, cols, states = tile_states(trace, step, nq, nk, plan, head)
     n = len(STATE_COLOURS)
@@ -163,8 +163,8 @@ def traffic_bars(traffics: dict, *, title="HBM traffic (elements)", tensors=None
 
 
 # --------------------------------------------------------------------------- running state
-def row_state(state: dict | None, *, title="current rows"):
-    """Running max m, sum l and the partial output of the current query rows (from a kernel ``state``)."""
+def row_state(state, *, title="current rows"):
+    """Running max m, sum l and the partial output of the current query rows (a kernel's ``StepState``)."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=3, column_widths=[0.2, 0.2, 0.6],
@@ -172,11 +172,11 @@ def row_state(state: dict | None, *, title="current rows"):
     if not state:
         fig.update_layout(title=f"{title}: no state (run finished)", height=260)
         return fig
-    m = np.asarray(state.get("m", []), float).ravel()
-    l_ = np.asarray(state.get("l", []), float).ravel()
-    o = np.asarray(state.get("o_partial", np.zeros((0, 0))), float)
+    m = np.asarray(state.arrays.get("m", []), float).ravel()
+    l_ = np.asarray(state.arrays.get("l", []), float).ravel()
+    o = np.asarray(state.arrays.get("o_partial", np.zeros((0, 0))), float)
     o = o.reshape(len(m), -1) if o.size and len(m) else np.atleast_2d(o)
-    rows = state.get("rows", (0, len(m)))
+    rows = state.rows
     labels = [str(i) for i in range(int(rows[0]), int(rows[0]) + len(m))]
     m_shown = np.where(np.isfinite(m), m, np.nan)
     fig.add_trace(go.Bar(x=m_shown, y=labels, orientation="h", name="m", marker_color="#756bb1"), 1, 1)

@@ -4,7 +4,7 @@ Each function takes plain values and arrays (hashable by ``st.cache_data``) and
 returns refattn's own objects (KernelResult, Trace, Traffic). Stepping uses one
 traced full run per setting (the figures for step k are replayed from its
 trace) plus, for the running m / l / partial O of the current rows, the
-kernel's own ``stop_after=k+1`` state.
+kernel's own ``stop_after=k`` state (steps are 1-based; step 0 is before the run).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def forward_counts(kernel: str, n: int, d: int, m: int, variant: str = "fa2", ca
 
     q, k, v = random_qkv(n, d, seed=seed)
     res = _forward_fn(kernel)(q, k, v, **_forward_kwargs(kernel, m, variant, causal, block))
-    return res.traffic, res.flops, dict(res.plan)
+    return res.traffic, res.flops, res.plan
 
 
 def _backward_inputs(q, k, v, m, causal, seed=1):

@@ -75,6 +75,6 @@ def kernel_view(label: str, prefix: str, result, step: int, nq: int, nk: int, *,
     with st.expander("HBM counters per tensor (elements)", expanded=True):
         st.table(figures.traffic_rows(traffic))
     if state is not None:
-        st.plotly_chart(figures.row_state(state, title=f"running state of rows {state.get('rows', '')}"),
+        st.plotly_chart(figures.row_state(state, title=f"running state of rows {state.rows}"),
                         width="stretch", key=f"{key}_rows")
     return traffic

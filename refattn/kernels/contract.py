@@ -14,15 +14,9 @@ import numpy as np
 
 from refattn import memory
 
+SlotContent = memory.SlotContent  # defined with the trace that replays it (memory.Trace.sram_at)
 
-@dataclass(frozen=True)
-class SlotContent:
-    """What one on-chip slot holds: a block of ``tensor`` (rows x cols, half-open), ``elements`` in all."""
-
-    tensor: str | None
-    rows: tuple[int, int]
-    cols: tuple[int, int]
-    elements: int
+__all__ = ["Plan", "StepState", "KernelResult", "SlotContent"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +35,13 @@ class Plan:
     n_steps: int
     step: str
     details: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """The plan as one flat dict of numbers and words (for tables and the app)."""
+        out = {"kernel": self.kernel, **self.blocks, **self.tiles, "n_steps": self.n_steps, "M": self.M,
+               "on_chip": self.on_chip}
+        out.update({k: v for k, v in self.details.items() if isinstance(v, (int, float, str, bool))})
+        return out
 
     @property
     def on_chip(self) -> int:
@@ -87,7 +88,9 @@ class KernelResult:
 
     ``outputs`` holds the arrays by name (``o``, ``lse``; ``dq``, ``dk``, ``dv``),
     also reachable as attributes (``result.o``). After a full run ``stopped`` is
-    False and ``state`` None. Engine kernels set ``cycles``.
+    False and ``state`` None. ``n_steps`` is the number of steps the run did
+    (``plan.n_steps`` for a full run, k for ``stop_after=k``). Engine kernels
+    set ``cycles``.
     """
 
     outputs: dict

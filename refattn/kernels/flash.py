@@ -43,7 +43,7 @@ is *skipped*: no loads, no compute, one ``skip`` event. Tiles crossing the
 diagonal are masked element-wise on chip. An optional boolean ``mask`` (True =
 keep) is read tile by tile from HBM (tensor ``mask``) for every visited tile.
 Masked scores are -inf; a row whose running max is -inf uses 0 as the shift
-(ALGORITHMS.md sec. 6), so a fully masked row gives O = 0 and L = -inf, never NaN.
+(docs/design.md), so a fully masked row gives O = 0 and L = -inf, never NaN.
 
 Precision: m, l and the accumulator are kept in the input dtype (float32 or
 float64). Outputs: ``o`` (..., Nq, dv) and ``lse`` (..., Nq), both in the
@@ -67,14 +67,21 @@ m~, l~ and the rescale factors live in registers and are not counted)::
 
 (L_i overwrites m_i on chip before it is written.)
 
-Steps (what ``stop_after`` and the trace count):
+Steps (numbered 1..n_steps; what ``stop_after`` and the trace count; docs/contract.md):
 
-* FA2: one step per (query block i, key block j) tile, i outer, j inner, heads
-  one after another: ``n_steps = B*Tr*Tc``. A skipped tile is a step with one
-  ``skip`` event. The load of Q_i belongs to the step of its first visible
-  tile; the final write of O_i and L_i belongs to the step of tile (i, Tc-1).
-* FA1: per head, step 0 is the initialisation, then one step per tile
-  (j outer, i inner), then one finalise step: ``n_steps = B*(Tr*Tc + 2)``.
+* FA2 (phase "main"): one step per (query block i, key block j) tile, i outer,
+  j inner, heads one after another: ``n_steps = B*Tr*Tc``. A skipped tile is a
+  step with one ``skip`` event. The load of Q_i belongs to the step of its
+  first visible tile; the final write of O_i and L_i belongs to the step of
+  tile (i, Tc-1).
+* FA1: per head, one initialisation step (phase "init"), then one step per
+  tile (j outer, i inner; "main"), then one finalise step ("finalise"):
+  ``n_steps = B*(Tr*Tc + 2)``. K_j and V_j are released in the step of tile
+  (j, Tr-1).
+
+``result.state.arrays`` of a stopped run: ``m``, ``l`` (the rows' running max
+and sum), ``o_partial`` (FA2: the unnormalised accumulator O~, or O_i once the
+row block is finalised; FA1: O_i as it stands in HBM) and ``o_normalised``.
 
 HBM traffic closed forms (per head; ``B`` heads multiply every term). Let
 ``J_i`` be the number of key blocks visible to query block i: ``Tc`` without
@@ -89,7 +96,7 @@ end of block i (visible key blocks always form a prefix ``j < J_i``). Then
 
     FA2:  Q reads d*Qr;  K reads d*C;  V reads dv*C;  O writes Nq*dv;  L writes Nq;
           mask reads A (with a mask).
-          No causal, no mask: Nq*d + Tr*Nk*(d + dv) + Nq*dv + Nq  (ALGORITHMS.md sec. 3).
+          No causal, no mask: Nq*d + Tr*Nk*(d + dv) + Nq*dv + Nq  (docs/algorithms.md).
     FA1:  K reads d*Kc;  V reads dv*Kc;  Q reads d*R;
           O reads dv*R, O writes Nq*dv + dv*R;  l reads R + Nq, l writes Nq + R;
           m reads R + Nq, m writes Nq + R;  L writes Nq;  mask reads A.
@@ -105,7 +112,23 @@ import numba
 import numpy as np
 
 from refattn import memory
-from refattn.kernels.common import check_stop_after, finish, prepare, run_with_trace
+from refattn.kernels.common import (
+    finalise_rows,
+    finish,
+    new_tasks,
+    online_update,
+    plan_blocks,
+    prepare,
+    readonly,
+    reduce_tasks,
+    run_with_trace,
+    score_tile,
+    step_state,
+    stop_here,
+    task_mem,
+    visibility,
+)
+from refattn.kernels.contract import Plan
 from refattn.memory import (
     T_K,
     T_L,
@@ -117,9 +140,7 @@ from refattn.memory import (
     T_Q,
     T_S,
     T_V,
-    Mem,
     count_flops,
-    end_step,
     free_all,
     hold,
     load,
@@ -128,13 +149,13 @@ from refattn.memory import (
     store,
 )
 
-__all__ = ["flash_forward", "flash_backward", "SLOTS", "plan_blocks", "VARIANTS"]  # noqa: F822 (lazy re-export)
+__all__ = ["flash_forward", "SLOTS", "VARIANTS", "forward_footprint", "forward_plan"]
 
 VARIANTS = ("fa1", "fa2")
 SLOTS = ("Q_i", "K_j", "V_j", "S_ij", "O_i", "m_i", "l_i", "mask_ij")
 S_Q, S_K, S_V, S_S, S_O, S_M, S_L, S_MASK = range(len(SLOTS))
-
-CAUSAL_CODE = {None: 0, "bottom_right": 1, "top_left": 2}
+FA1_PHASES = ("init", "main", "finalise")
+FA2_PHASES = ("main",)
 
 #: Untraced FA2 runs with at least this much work (B*Nq*Nk*(d+dv)) and two or more
 #: (head, query block) tasks use the parallel driver; smaller ones the serial one.
@@ -145,112 +166,55 @@ PARALLEL_MIN_WORK = 1 << 22
 # ---------------------------------------------------------------------------
 # Plan: block sizes and on-chip footprint (Python, before any work starts)
 # ---------------------------------------------------------------------------
+def slot_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool) -> dict:
+    """{slot: elements} on chip at the peak of one tile (see module docstring)."""
+    return {"Q_i": br * d, "K_j": bc * d, "V_j": bc * dv, "S_ij": br * bc, "O_i": br * dv, "m_i": br, "l_i": br,
+            "mask_ij": br * bc if has_mask else 0}
+
+
 def forward_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool) -> int:
-    """Elements on chip at the peak of one tile (see module docstring)."""
-    return br * d + bc * d + bc * dv + br * bc + br * dv + 2 * br + (br * bc if has_mask else 0)
+    """Elements on chip at the peak of one tile (the sum of :func:`slot_footprint`)."""
+    return sum(slot_footprint(br, bc, d, dv, has_mask).values())
 
 
-def _check_block(block):
-    try:
-        br, bc = block
-    except (TypeError, ValueError):
-        raise ValueError(f"block must be a pair (Br, Bc) of positive integers, got {block!r}") from None
-    for name, x in (("Br", br), ("Bc", bc)):
-        if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
-            raise ValueError(f"block must be a pair (Br, Bc) of positive integers; {name} = {x!r}")
-    return int(br), int(bc)
-
-
-def plan_blocks(nq, nk, d, dv, sram, *, rule, footprint, block=None, what="flash kernel"):
-    """Choose (Br, Bc) for M = ``sram.capacity``; see the module docstring.
-
-    ``rule``: "kv_outer" (paper FA1: Bc large, Br <= d) or "q_outer" (FA2: Br
-    large, Bc <= d). ``footprint(br, bc)`` gives the on-chip elements of a plan.
-    """
-    m = sram.capacity
-    if block is not None:
-        br, bc = _check_block(block)
-        br, bc = min(br, nq), min(bc, nk)
-        memory.require_fits(footprint(br, bc), sram, f"{what} with blocks Br={br}, Bc={bc} (d={d}, dv={dv})")
-        return br, bc
-    big = -(-m // (4 * d))
-    small = min(big, d)
-    br, bc = (small, big) if rule == "kv_outer" else (big, small)
-    br, bc = min(br, nq), min(bc, nk)
-    inner_is_bc = rule == "q_outer"
-    while footprint(br, bc) > m and (br > 1 or bc > 1):
-        if bc > br or (bc == br and inner_is_bc):
-            bc = -(-bc // 2)
-        else:
-            br = -(-br // 2)
-    memory.require_fits(footprint(br, bc), sram, f"{what}, even with 1x1 tiles (d={d}, dv={dv})")
-    return br, bc
-
-
-# ---------------------------------------------------------------------------
-# Jitted pieces shared by both loop orders (and by the backward)
-# ---------------------------------------------------------------------------
-@numba.njit(cache=True)
-def visibility(r0, r1, c0, c1, causal, off):
-    """0: tile wholly hidden by the causal mask (skip); 1: fully visible; 2: crosses the diagonal."""
-    if causal == 0:
-        return 1
-    if c0 > r1 - 1 + off:
-        return 0
-    if c1 - 1 > r0 + off:
-        return 2
-    return 1
-
-
-@numba.njit(cache=True)
-def set_info(st_info, b, r0, r1, c0, c1, flag):
-    """Record where a stopped run stopped: head, rows, columns, a flag."""
-    st_info[0] = b
-    st_info[1] = r0
-    st_info[2] = r1
-    st_info[3] = c0
-    st_info[4] = c1
-    st_info[5] = flag
-
-
-@numba.njit(cache=True)
-def scores(qi, kj, scale, mask, has_mask, b, r0, c0, partial, off):
-    """S = scale * Q_i K_j^T with masked entries set to -inf. (br, bc), input dtype."""
-    s = np.dot(qi, kj.T)  # (br, bc)
-    br, bc = s.shape
-    for r in range(br):
-        for c in range(bc):
-            x = s[r, c] * scale
-            if partial and c0 + c > r0 + r + off:
-                x = -np.inf
-            if has_mask and not mask[b, r0 + r, c0 + c]:
-                x = -np.inf
-            s[r, c] = x
-    return s
+def forward_plan(nb, nq, nk, d, dv, sram, *, variant="fa2", has_mask=False, causal=None, block=None) -> Plan:
+    """The :class:`Plan` of one forward run (block sizes by the rule of the module docstring)."""
+    bq, bk = plan_blocks(nq, nk, d, dv, sram, rule="kv_outer" if variant == "fa1" else "q_outer",
+                         footprint=lambda br, bc: forward_footprint(br, bc, d, dv, has_mask), block=block,
+                         what=f"flash_forward ({variant}{', with mask' if has_mask else ''})")
+    tr, tc = -(-nq // bq), -(-nk // bk)
+    if variant == "fa2":
+        n_steps, step = nb * tr * tc, "one (query block i, key block j) tile; i outer, j inner, heads in turn"
+    else:
+        n_steps = nb * (tr * tc + 2)
+        step = "per head: the initialisation, one (key block j, query block i) tile each (j outer), the finalisation"
+    return Plan(kernel=f"flash_forward/{variant}", blocks={"Br": bq, "Bc": bk}, tiles={"Tr": tr, "Tc": tc},
+                footprint=slot_footprint(bq, bk, d, dv, has_mask), M=sram.capacity, n_steps=n_steps, step=step,
+                details={"variant": variant, "causal": causal or "none", "masked": has_mask, "heads": nb})
 
 
 # ---------------------------------------------------------------------------
 # FA2: one query block (all its tiles); the serial and parallel drivers share it
 # ---------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _fa2_row(mem, b, i, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, st_m, st_l, st_o, st_info):
+def _fa2_row(mem, b, i, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, st_m, st_l, st_o, info):
     nq, d = q.shape[1], q.shape[2]
     nk, dv = k.shape[1], v.shape[2]
     tc = (nk + bk - 1) // bk
     r0 = i * bq
     r1 = min(r0 + bq, nq)
     br = r1 - r0
-    zero = scale - scale
     set_head(mem, b)
     acc = np.zeros_like(o[b, r0:r1])  # (br, dv) unnormalised O~
     m = np.empty_like(lse[b, r0:r1])  # (br,) running max
     l = np.zeros_like(lse[b, r0:r1])  # (br,) running sum
     m[:] = -np.inf
+    s_buf = np.empty(br * bk, q.dtype)  # the S / P tile
+    cols = np.empty(bk, np.int64)
     hold(mem, T_O, S_O, r0, r1, 0, dv)
     hold(mem, T_M, S_M, r0, r1, 0, 1)
     hold(mem, T_LSUM, S_L, r0, r1, 0, 1)
     q_loaded = False
-    normalised = False
     for j in range(tc):
         c0 = j * bk
         c1 = min(c0 + bk, nk)
@@ -266,94 +230,66 @@ def _fa2_row(mem, b, i, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, 
             load(mem, T_V, S_V, c0, c1, 0, dv)
             if has_mask:
                 load(mem, T_MASK, S_MASK, r0, r1, c0, c1)
-            s = scores(q[b, r0:r1], k[b, c0:c1], scale, mask, has_mask, b, r0, c0, vis == 2, off)
+            for t in range(bc):
+                cols[t] = c0 + t
+            s = score_tile(q[b, r0:r1], k[b, c0:c1], bc, s_buf, scale, r0, cols, vis == 2, off, mask, has_mask, b)
             hold(mem, T_S, S_S, r0, r1, c0, c1)
-            for r in range(br):
-                mx = m[r]
-                for c in range(bc):
-                    if s[r, c] > mx:
-                        mx = s[r, c]
-                shift = zero
-                if mx != -np.inf:
-                    shift = mx
-                alpha = np.exp(m[r] - shift)  # e^(m_old - m_new); 0 when m_old = -inf
-                rs = zero
-                for c in range(bc):
-                    p = np.exp(s[r, c] - shift)
-                    s[r, c] = p
-                    rs += p
-                l[r] = alpha * l[r] + rs
-                m[r] = mx
-                for t in range(dv):
-                    acc[r, t] *= alpha
+            online_update(s, v[b, c0:c1], m, l, acc)
             hold(mem, T_P, S_S, r0, r1, c0, c1)  # P~ overwrites S
-            acc += np.dot(s, v[b, c0:c1])
             count_flops(mem, 2 * br * bc * (d + dv), br * bc + br)
         if j == tc - 1:  # finalise query block i: O_i = O~ / l, L_i = m + log l
-            for r in range(br):
-                if l[r] > 0:
-                    for t in range(dv):
-                        acc[r, t] /= l[r]
-                    lse[b, r0 + r] = m[r] + np.log(l[r])
-                else:
-                    for t in range(dv):
-                        acc[r, t] = 0
-                    lse[b, r0 + r] = -np.inf
-            normalised = True
-            o[b, r0:r1] = acc
+            finalise_rows(acc, m, l, o[b, r0:r1], lse[b, r0:r1])
             hold(mem, T_L, S_M, r0, r1, 0, 1)  # L overwrites m on chip
             store(mem, T_O, S_O, r0, r1, 0, dv)
             store(mem, T_L, S_M, r0, r1, 0, 1)
             free_all(mem)
-        if end_step(mem):
+        if stop_here(mem, info, 0, b, r0, r1, c0, c1):
             st_m[:br] = m
             st_l[:br] = l
-            st_o[:br] = acc
-            set_info(st_info, b, r0, r1, c0, c1, normalised)
+            if j == tc - 1:
+                st_o[:br] = o[b, r0:r1]
+            else:
+                st_o[:br] = acc
             return True
     return False
 
 
 @numba.njit(cache=True)
-def _fa2_serial(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, st_m, st_l, st_o, st_info):
+def _fa2_serial(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, st_m, st_l, st_o, info):
     tr = (q.shape[1] + bq - 1) // bq
     for b in range(q.shape[0]):
         for i in range(tr):
             if _fa2_row(mem, b, i, q, k, v, mask, has_mask, scale, causal, off, bq, bk,
-                        o, lse, st_m, st_l, st_o, st_info):
+                        o, lse, st_m, st_l, st_o, info):
                 return
 
 
 @numba.njit(cache=True, parallel=True)
-def _fa2_parallel(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, st_m, st_l, st_o, st_info,
-                  t_counts, t_ops, t_slots, t_sram, t_cursor):
+def _fa2_parallel(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, st_m, st_l, st_o, info, tasks):
     """The same rows as :func:`_fa2_serial`, one task per (head, query block), each
-    with its own counters (``t_*``), reduced afterwards in task order."""
+    with its own counters (``tasks``), reduced afterwards in task order."""
     tr = (q.shape[1] + bq - 1) // bq
     ntask = q.shape[0] * tr
     for t in numba.prange(ntask):
-        tm = Mem(t_counts[t], t_ops[t], t_slots[t], t_sram[t], mem.trace, t_cursor[t])
-        _fa2_row(tm, t // tr, t % tr, q, k, v, mask, has_mask, scale, causal, off, bq, bk,
-                 o, lse, st_m, st_l, st_o, st_info)
-    for t in range(ntask):
-        mem.counts[:, :] += t_counts[t]
-        mem.ops[:] += t_ops[t]
-        mem.cursor[0] += t_cursor[t, 0]
-        mem.cursor[1] += t_cursor[t, 1]
-        if t_sram[t, 1] > mem.sram[1]:
-            mem.sram[1] = t_sram[t, 1]
+        _fa2_row(task_mem(tasks, t), t // tr, t % tr, q, k, v, mask, has_mask, scale, causal, off, bq, bk,
+                 o, lse, st_m, st_l, st_o, info)
+    reduce_tasks(mem, tasks)
 
 
 # ---------------------------------------------------------------------------
 # FA1: outer loop over key blocks; O, l, m live in HBM between tiles
 # ---------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, lh, mh, st_info):
+def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, lh, mh, info):
     nb, nq, d = q.shape
     nk, dv = k.shape[1], v.shape[2]
     tr = (nq + bq - 1) // bq
     tc = (nk + bk - 1) // bk
-    zero = scale - scale
+    s_buf = np.empty(bq * bk, q.dtype)
+    cols = np.empty(bk, np.int64)
+    mt_buf = np.empty(bq, q.dtype)  # m~ of the tile (registers)
+    lt_buf = np.empty(bq, q.dtype)  # l~
+    pv_buf = np.empty((bq, dv), q.dtype)  # P~ V_j
     for b in range(nb):
         set_head(mem, b)
         # step: initialise O = 0, l = 0, m = -inf in HBM (Algorithm 1, line 2)
@@ -370,13 +306,14 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, lh, m
             store(mem, T_LSUM, S_L, r0, r1, 0, 1)
             store(mem, T_M, S_M, r0, r1, 0, 1)
             free_all(mem)
-        if end_step(mem):
-            set_info(st_info, b, 0, nq, 0, 0, 1)
+        if stop_here(mem, info, 0, b, 0, nq, 0, 0):
             return
         for j in range(tc):
             c0 = j * bk
             c1 = min(c0 + bk, nk)
             bc = c1 - c0
+            for t in range(bc):
+                cols[t] = c0 + t
             kv_loaded = False
             for i in range(tr):
                 r0 = i * bq
@@ -396,28 +333,17 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, lh, m
                     load(mem, T_M, S_M, r0, r1, 0, 1)
                     if has_mask:
                         load(mem, T_MASK, S_MASK, r0, r1, c0, c1)
-                    s = scores(q[b, r0:r1], k[b, c0:c1], scale, mask, has_mask, b, r0, c0, vis == 2, off)
+                    s = score_tile(q[b, r0:r1], k[b, c0:c1], bc, s_buf, scale, r0, cols, vis == 2, off,
+                                   mask, has_mask, b)
                     hold(mem, T_S, S_S, r0, r1, c0, c1)
-                    mt = np.empty_like(mh[b, r0:r1])  # m~ (registers)
-                    lt = np.zeros_like(lh[b, r0:r1])  # l~
-                    for r in range(br):
-                        mx = -np.inf
-                        for c in range(bc):
-                            if s[r, c] > mx:
-                                mx = s[r, c]
-                        mt[r] = mx
-                        shift = zero
-                        if mx != -np.inf:
-                            shift = mx
-                        rs = zero
-                        for c in range(bc):
-                            p = np.exp(s[r, c] - shift)  # P~ = exp(S - m~)
-                            s[r, c] = p
-                            rs += p
-                        lt[r] = rs
+                    mt, lt, pv = mt_buf[:br], lt_buf[:br], pv_buf[:br]
+                    mt[:] = -np.inf
+                    lt[:] = 0
+                    pv[:] = 0
+                    online_update(s, v[b, c0:c1], mt, lt, pv)  # m~, l~, P~ V_j of this tile (lines 9-10)
                     hold(mem, T_P, S_S, r0, r1, c0, c1)
-                    pv = np.dot(s, v[b, c0:c1])  # P~ V_j, accumulated into O_i
-                    for r in range(br):
+                    zero = lt[0] - lt[0]
+                    for r in range(br):  # merge with the running m_i, l_i, O_i (lines 11-12)
                         mi, li = mh[b, r0 + r], lh[b, r0 + r]
                         mnew = max(mi, mt[r])
                         shift = zero
@@ -437,10 +363,10 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, lh, m
                     store(mem, T_O, S_O, r0, r1, 0, dv)
                     store(mem, T_LSUM, S_L, r0, r1, 0, 1)
                     store(mem, T_M, S_M, r0, r1, 0, 1)
-                if end_step(mem):
-                    set_info(st_info, b, r0, r1, c0, c1, 1)
+                if i == tr - 1:
+                    free_all(mem)
+                if stop_here(mem, info, 1, b, r0, r1, c0, c1):
                     return
-            free_all(mem)
         # step: finalise L = m + log l for the backward
         for i in range(tr):
             r0 = i * bq
@@ -452,8 +378,7 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, lh, m
             hold(mem, T_L, S_M, r0, r1, 0, 1)  # L overwrites m on chip
             store(mem, T_L, S_M, r0, r1, 0, 1)
             free_all(mem)
-        if end_step(mem):
-            set_info(st_info, b, 0, nq, 0, nk, 1)
+        if stop_here(mem, info, 2, b, 0, nq, 0, nk):
             return
 
 
@@ -464,7 +389,7 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
                   trace=False, stop_after=None):
     """FlashAttention forward on the simulated hierarchy (see the module docstring).
 
-    Returns a :class:`~refattn.kernels.common.KernelResult` with outputs
+    Returns a :class:`~refattn.kernels.contract.KernelResult` with outputs
     ``o`` (..., Nq, dv) and ``lse`` (..., Nq), both in the input dtype.
     ``sram``: an :class:`~refattn.memory.Sram`, an int M (elements) or a chip
     preset name. ``variant``: "fa1" or "fa2". ``causal``: False, True (=
@@ -479,30 +404,21 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
     sram = memory.as_sram(sram)
     nb, nq, nk, d, dv = p.batch, p.nq, p.nk, p.d, p.dv
     has_mask = p.has_mask
-    bq, bk = plan_blocks(nq, nk, d, dv, sram, rule="kv_outer" if variant == "fa1" else "q_outer",
-                         footprint=lambda br, bc: forward_footprint(br, bc, d, dv, has_mask), block=block,
-                         what=f"flash_forward ({variant}{', with mask' if has_mask else ''})")
-    tr, tc = -(-nq // bq), -(-nk // bk)
-    n_steps = nb * (tr * tc + (2 if variant == "fa1" else 0))
-    check_stop_after(stop_after, n_steps, "flash_forward")
-    plan = {"variant": variant, "Br": bq, "Bc": bk, "Tr": tr, "Tc": tc, "n_steps": n_steps,
-            "footprint": forward_footprint(bq, bk, d, dv, has_mask), "M": sram.capacity,
-            "causal": p.causal, "masked": has_mask}
+    plan = forward_plan(nb, nq, nk, d, dv, sram, variant=variant, has_mask=has_mask, causal=p.causal, block=block)
+    plan.check_stop_after(stop_after)
+    bq, bk, tr, tc = plan.blocks["Br"], plan.blocks["Bc"], plan.tiles["Tr"], plan.tiles["Tc"]
 
     dt = p.q.dtype
-    sc = dt.type(p.scale)
-    ccode = CAUSAL_CODE[p.causal]
-    off = nk - nq if p.causal == "bottom_right" else 0
     o = np.zeros((nb, nq, dv), dt)  # HBM
     lse = np.zeros((nb, nq), dt)  # HBM
-    st_info = np.zeros(6, np.int64)
-    stepped = stop_after is not None
-    traced = bool(trace) or stepped
+    info = np.zeros(6, np.int64)
+    traced = bool(trace) or stop_after is not None
 
-    qr, kr, vr, mr = (readonly(x) for x in (p.q, p.k, p.v, p.mask))
+    ins = (readonly(x) for x in (p.q, p.k, p.v, p.mask))
+    common = (*ins, has_mask, dt.type(p.scale), p.causal_code, p.offset, bq, bk, o, lse)
     if variant == "fa2":
         st_m, st_l, st_o = np.zeros(bq, dt), np.zeros(bq, dt), np.zeros((bq, dv), dt)
-        args = (qr, kr, vr, mr, has_mask, sc, ccode, off, bq, bk, o, lse, st_m, st_l, st_o, st_info)
+        args = (*common, st_m, st_l, st_o, info)
 
         def call(mem):
             o.fill(0)
@@ -511,55 +427,33 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
             if traced or ntask < 2 or nb * nq * nk * (d + dv) < PARALLEL_MIN_WORK:
                 _fa2_serial(mem, *args)
             else:
-                t_sram = np.zeros((ntask, 3), np.int64)
-                t_sram[:, 2] = sram.capacity
-                t_cursor = np.zeros((ntask, 4), np.int64)
-                t_cursor[:, 2] = -1
-                _fa2_parallel(mem, *args, np.zeros((ntask, memory.N_TENSORS, 2), np.int64),
-                              np.zeros((ntask, 2), np.int64), np.zeros((ntask, memory.N_SLOTS), np.int64),
-                              t_sram, t_cursor)
+                _fa2_parallel(mem, *args, new_tasks(ntask, sram.capacity))
 
         estimate = nb * (tr * tc * 8 + tr * 16)
+
+        def state_arrays(r0, r1, c1):
+            n = r1 - r0
+            return {"m": st_m[:n].copy(), "l": st_l[:n].copy(), "o_partial": st_o[:n].copy(),
+                    "o_normalised": c1 == nk}
     else:
         lh, mh = np.zeros((nb, nq), dt), np.zeros((nb, nq), dt)  # HBM l and m
-        args = (qr, kr, vr, mr, has_mask, sc, ccode, off, bq, bk, o, lse, lh, mh, st_info)
+        args = (*common, lh, mh, info)
 
         def call(mem):
             _fa1(mem, *args)
 
         estimate = nb * (tr * tc * 14 + tc * 10 + tr * 20 + 8)
 
+        def state_arrays(r0, r1, c1):
+            b = int(info[1])
+            return {"m": mh[b, r0:r1].copy(), "l": lh[b, r0:r1].copy(), "o_partial": o[b, r0:r1].copy(),
+                    "o_normalised": True}
+
+    def state_fn(mem, tr_):
+        r0, r1, c1 = int(info[2]), int(info[3]), int(info[5])
+        return step_state(mem, sram, tr_, info, FA2_PHASES if variant == "fa2" else FA1_PHASES,
+                          state_arrays(r0, r1, c1))
+
     mem = run_with_trace(call, sram, trace=traced, trace_estimate=estimate, stop_after=stop_after)
-    result = finish(mem, sram, {"o": p.restore(o), "lse": p.restore(lse)}, plan=plan, slot_names=SLOTS)
-    if stepped:
-        b, r0, r1, c0, c1, normalised = (int(x) for x in st_info)
-        if variant == "fa2":
-            n = r1 - r0
-            m_s, l_s, o_s = st_m[:n].copy(), st_l[:n].copy(), st_o[:n].copy()
-        else:
-            m_s, l_s, o_s = mh[b, r0:r1].copy(), lh[b, r0:r1].copy(), o[b, r0:r1].copy()
-        result.state = {
-            "step": int(stop_after), "head": b, "rows": (r0, r1), "cols": (c0, c1),
-            "m": m_s, "l": l_s, "o_partial": o_s, "o_normalised": bool(normalised),
-            "sram": result.trace.sram_at(int(stop_after) - 1),
-            "traffic": memory.Traffic.from_counts(mem.counts, sram.bytes_per_element),
-        }
-    return result
-
-
-def readonly(x):
-    """A read-only view: inputs reach the jitted loops with one array type (Numba types
-    read-only and writable arrays differently, and ``prepare`` returns either)."""
-    x = x.view()
-    x.flags.writeable = False
-    return x
-
-
-
-def __getattr__(name):  # flash_backward lives in its own module; re-exported lazily (no import cycle)
-    if name == "flash_backward":
-        from refattn.kernels.flash_backward import flash_backward
-
-        return flash_backward
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+    return finish(mem, sram, {"o": p.restore(o), "lse": p.restore(lse)}, plan=plan, slot_names=SLOTS,
+                  state_fn=state_fn)

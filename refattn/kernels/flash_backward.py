@@ -2,7 +2,7 @@
 
 Given q, k, v, the forward output o, its log-sum-exp L and the upstream
 gradient dO, compute dQ, dK, dV without ever storing S or P in HBM: each tile
-rebuilds P from L (ALGORITHMS.md sec. 4; FlashAttention-2, Algorithm 2)::
+rebuilds P from L (docs/algorithms.md; FlashAttention-2, Algorithm 2)::
 
     pre-pass, for each query block i:                       (one step per block)
         load O_i, dO_i;  D_i = rowsum(dO_i * O_i);  write D_i;  write dQ_i = 0
@@ -23,8 +23,18 @@ bottom-right causal by default, tiles wholly above the diagonal are skipped
 boolean mask read per visited tile. A fully masked row has L = -inf and gets
 P = 0, so its dQ row is 0 and it adds nothing to dK, dV.
 
-Precision: everything in the input dtype (float32 or float64); ``lse`` is cast
-to it. Outputs ``dq``, ``dk``, ``dv`` have the shapes of q, k, v (gradients of
+Precision: the tiles are computed in the input dtype (float32 or float64);
+``o``, ``lse`` and ``do`` are cast to it. Two sums are kept in float64 because
+float32 loses too much in them (docs/design.md, "Precision"):
+
+* dK_j and dV_j accumulate over all Tr query blocks on chip in float64 and are
+  rounded to the dtype when written (with Nq >> Nk a float32 running sum over
+  thousands of blocks would drift);
+* D_i = rowsum(dO_i * O_i) and the dP tile dO_i V_j^T are summed in float64
+  and rounded to the dtype, so dP - D is computed from two equally rounded
+  numbers (with one key, dP = D exactly and dK = 0 as it should be).
+
+Outputs ``dq``, ``dk``, ``dv`` have the shapes of q, k, v (gradients of
 broadcast leading dims are summed back).
 
 Block sizes (``block=None``): the paper's rule ``Bc = ceil(M/(4d))``,
@@ -37,9 +47,11 @@ halved (larger first) until the footprint fits, as in the forward::
 slots K_j, V_j, dK_j, dV_j, Q_i, dO_i, dQ_i, L_i, D_i, S_ij (S then P),
 dP_ij (dP then dS), mask_ij; pre-pass O_i, dO_i, D_i, dQ_i.
 
-Steps: per head, ``Tr`` pre-pass steps, then one step per (j, i) tile (j outer),
-skipped tiles included: ``n_steps = B*(Tr + Tr*Tc)``. The writes of dK_j and
-dV_j belong to the step of tile (j, Tr-1).
+Steps (1..n_steps): per head, ``Tr`` pre-pass steps (phase "pre-pass"), then
+one step per (j, i) tile (j outer, phase "main"), skipped tiles included:
+``n_steps = B*(Tr + Tr*Tc)``. The writes of dK_j and dV_j belong to the step
+of tile (j, Tr-1). ``result.state.arrays`` of a stopped run: ``dk_partial``,
+``dv_partial`` (the on-chip dK_j, dV_j sums of the current key block, float64).
 
 HBM traffic closed form (per head; with R, A, Kc as in :mod:`refattn.kernels.flash`:
 ``J_i`` visible key blocks of query block i, ``R = sum_i br_i*J_i``,
@@ -60,15 +72,20 @@ import numba
 import numpy as np
 
 from refattn import memory
-from refattn.kernels.common import check_stop_after, finish, prepare, run_with_trace
-from refattn.kernels.flash import (
-    CAUSAL_CODE,
+from refattn.kernels.common import (
+    finish,
+    grad_input,
+    grad_outputs,
     plan_blocks,
+    prepare,
     readonly,
-    scores,
-    set_info,
+    run_with_trace,
+    score_tile,
+    step_state,
+    stop_here,
     visibility,
 )
+from refattn.kernels.contract import Plan
 from refattn.memory import (
     T_D,
     T_DK,
@@ -86,7 +103,6 @@ from refattn.memory import (
     T_S,
     T_V,
     count_flops,
-    end_step,
     free_all,
     hold,
     load,
@@ -94,39 +110,62 @@ from refattn.memory import (
     skip,
     store,
 )
-from refattn.validation import unbroadcast
+from refattn.validation import check_product_range
 
-__all__ = ["flash_backward", "BACKWARD_SLOTS", "backward_footprint"]
+__all__ = ["flash_backward", "BACKWARD_SLOTS", "backward_footprint", "backward_plan"]
 
 BACKWARD_SLOTS = ("Q_i", "K_j", "V_j", "dO_i", "dQ_i", "dK_j", "dV_j", "L_i", "D_i", "S_ij", "dP_ij",
                   "mask_ij", "O_i")
 (B_Q, B_K, B_V, B_DO, B_DQ, B_DK, B_DV, B_L, B_D, B_S, B_DP, B_MASK, B_O) = range(len(BACKWARD_SLOTS))
+PHASES = ("pre-pass", "main")
+
+
+def slot_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool) -> dict:
+    """{slot: elements} at the peak: the main loop's tile or the pre-pass, whichever is larger."""
+    main = {"Q_i": br * d, "K_j": bc * d, "V_j": bc * dv, "dO_i": br * dv, "dQ_i": br * d, "dK_j": bc * d,
+            "dV_j": bc * dv, "L_i": br, "D_i": br, "S_ij": br * bc, "dP_ij": br * bc,
+            "mask_ij": br * bc if has_mask else 0}
+    pre = {"O_i": br * dv, "dO_i": br * dv, "D_i": br, "dQ_i": br * d}
+    return main if sum(main.values()) >= sum(pre.values()) else pre
 
 
 def backward_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool) -> int:
-    main = bc * (2 * d + 2 * dv) + br * (2 * d + dv) + 2 * br + 2 * br * bc + (br * bc if has_mask else 0)
-    return max(main, br * (2 * dv + d + 1))
+    return sum(slot_footprint(br, bc, d, dv, has_mask).values())
+
+
+def backward_plan(nb, nq, nk, d, dv, sram, *, has_mask=False, causal=None, block=None) -> Plan:
+    bq, bk = plan_blocks(nq, nk, d, dv, sram, rule="kv_outer",
+                         footprint=lambda br, bc: backward_footprint(br, bc, d, dv, has_mask), block=block,
+                         what=f"flash_backward{' with mask' if has_mask else ''}")
+    tr, tc = -(-nq // bq), -(-nk // bk)
+    return Plan(kernel="flash_backward", blocks={"Br": bq, "Bc": bk}, tiles={"Tr": tr, "Tc": tc},
+                footprint=slot_footprint(bq, bk, d, dv, has_mask), M=sram.capacity, n_steps=nb * (tr + tr * tc),
+                step="per head: one pre-pass step per query block, then one (key block j, query block i) tile "
+                     "each (j outer)",
+                details={"variant": "fa2_backward", "causal": causal or "none", "masked": has_mask, "heads": nb})
 
 
 @numba.njit(cache=True)
 def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, bk, dq, dk, dv_, dh,
-              st_dk, st_dv, st_info):
+              st_dk, st_dv, info):
     nb, nq, d = q.shape
     nk, dv = k.shape[1], v.shape[2]
     tr = (nq + bq - 1) // bq
     tc = (nk + bk - 1) // bk
+    s_buf = np.empty(bq * bk, q.dtype)
+    cols = np.empty(bk, np.int64)
     for b in range(nb):
         set_head(mem, b)
-        # pre-pass: D = rowsum(dO * O) to HBM, dQ = 0 to HBM
+        # pre-pass: D = rowsum(dO * O) to HBM (summed in float64), dQ = 0 to HBM
         for i in range(tr):
             r0 = i * bq
             r1 = min(r0 + bq, nq)
             load(mem, T_O, B_O, r0, r1, 0, dv)
             load(mem, T_DO, B_DO, r0, r1, 0, dv)
             for r in range(r0, r1):
-                acc = scale - scale
+                acc = 0.0
                 for t in range(dv):
-                    acc += do[b, r, t] * o[b, r, t]
+                    acc += np.float64(do[b, r, t]) * np.float64(o[b, r, t])
                 dh[b, r] = acc
             hold(mem, T_D, B_D, r0, r1, 0, 1)
             store(mem, T_D, B_D, r0, r1, 0, 1)
@@ -134,16 +173,17 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, 
             hold(mem, T_DQ, B_DQ, r0, r1, 0, d)
             store(mem, T_DQ, B_DQ, r0, r1, 0, d)
             free_all(mem)
-            if end_step(mem):
-                set_info(st_info, b, r0, r1, 0, 0, 0)
+            if stop_here(mem, info, 0, b, r0, r1, 0, 0):
                 return
         # main loop: outer over key blocks, inner over query blocks
         for j in range(tc):
             c0 = j * bk
             c1 = min(c0 + bk, nk)
             bc = c1 - c0
-            dkj = np.zeros_like(k[b, c0:c1])  # (bc, d) on chip
-            dvj = np.zeros_like(v[b, c0:c1])  # (bc, dv)
+            for t in range(bc):
+                cols[t] = c0 + t
+            dkj = np.zeros((bc, d), np.float64)  # on chip, float64 across query blocks
+            dvj = np.zeros((bc, dv), np.float64)
             hold(mem, T_DK, B_DK, c0, c1, 0, d)
             hold(mem, T_DV, B_DV, c0, c1, 0, dv)
             kv_loaded = False
@@ -167,7 +207,7 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, 
                     if has_mask:
                         load(mem, T_MASK, B_MASK, r0, r1, c0, c1)
                     qi, doi, kj, vj = q[b, r0:r1], do[b, r0:r1], k[b, c0:c1], v[b, c0:c1]
-                    s = scores(qi, kj, scale, mask, has_mask, b, r0, c0, vis == 2, off)
+                    s = score_tile(qi, kj, bc, s_buf, scale, r0, cols, vis == 2, off, mask, has_mask, b)
                     hold(mem, T_S, B_S, r0, r1, c0, c1)
                     for r in range(br):
                         li = lse[b, r0 + r]
@@ -178,7 +218,8 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, 
                                 s[r, c] = np.exp(s[r, c] - li)  # P = exp(S - L)
                     hold(mem, T_P, B_S, r0, r1, c0, c1)
                     dvj += np.dot(s.T, doi)
-                    dp = np.dot(doi, vj.T)  # (br, bc)
+                    dp64 = np.dot(doi.astype(np.float64), vj.astype(np.float64).T)  # (br, bc)
+                    dp = dp64.astype(q.dtype)
                     hold(mem, T_DP, B_DP, r0, r1, c0, c1)
                     for r in range(br):
                         di = dh[b, r0 + r]
@@ -190,15 +231,14 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, 
                     dkj += np.dot(dp.T, qi)
                     count_flops(mem, 2 * br * bc * (3 * d + 2 * dv), br * bc)
                 if i == tr - 1:
-                    dk[b, c0:c1] = dkj
-                    dv_[b, c0:c1] = dvj
+                    dk[b, c0:c1] = dkj.astype(dk.dtype)
+                    dv_[b, c0:c1] = dvj.astype(dv_.dtype)
                     store(mem, T_DK, B_DK, c0, c1, 0, d)
                     store(mem, T_DV, B_DV, c0, c1, 0, dv)
                     free_all(mem)
-                if end_step(mem):
+                if stop_here(mem, info, 1, b, r0, r1, c0, c1):
                     st_dk[:bc] = dkj
                     st_dv[:bc] = dvj
-                    set_info(st_info, b, r0, r1, c0, c1, 1)
                     return
 
 
@@ -209,8 +249,7 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
     ``o`` and ``lse`` are the forward's outputs (any float dtype; cast to the
     input dtype); ``do`` has the shape of ``o``. ``lse`` may hold -inf (fully
     masked rows) but no NaN or +inf. ``stop_after=k`` stops after step k and
-    sets ``result.state`` (step, head, rows, cols, the on-chip dK_j/dV_j
-    partial sums, sram).
+    sets ``result.state`` (docs/contract.md; arrays ``dk_partial``, ``dv_partial``).
     """
     where = "flash_backward"
     p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where=where)
@@ -218,69 +257,34 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
     nb, nq, nk, d, dv = p.batch, p.nq, p.nk, p.d, p.dv
     dt = p.q.dtype
     oshape = p.lead + (nq, dv)
-    o_f = _flat_grad_input("o", o, oshape, dt, where, allow_neginf=False)
-    do_f = _flat_grad_input("do", do, oshape, dt, where, allow_neginf=False)
-    lse_f = _flat_grad_input("lse", lse, p.lead + (nq,), dt, where, allow_neginf=True)
+    o_f = grad_input("o", o, oshape, dt, where)
+    do_f = grad_input("do", do, oshape, dt, where)
+    lse_f = grad_input("lse", lse, p.lead + (nq,), dt, where, allow_neginf=True)
+    check_product_range(where, "dP = dO V^T", "do", do_f, "v", p.v, 1.0, dt)
 
-    has_mask = p.has_mask
-    bq, bk = plan_blocks(nq, nk, d, dv, sram, rule="kv_outer",
-                         footprint=lambda br, bc: backward_footprint(br, bc, d, dv, has_mask), block=block,
-                         what=f"flash_backward{' with mask' if has_mask else ''}")
-    tr, tc = -(-nq // bq), -(-nk // bk)
-    n_steps = nb * (tr + tr * tc)
-    check_stop_after(stop_after, n_steps, where)
-    plan = {"variant": "fa2_backward", "Br": bq, "Bc": bk, "Tr": tr, "Tc": tc, "n_steps": n_steps,
-            "footprint": backward_footprint(bq, bk, d, dv, has_mask), "M": sram.capacity,
-            "causal": p.causal, "masked": has_mask}
+    plan = backward_plan(nb, nq, nk, d, dv, sram, has_mask=p.has_mask, causal=p.causal, block=block)
+    plan.check_stop_after(stop_after)
+    bq, bk, tr, tc = plan.blocks["Br"], plan.blocks["Bc"], plan.tiles["Tr"], plan.tiles["Tc"]
 
     dq = np.zeros((nb, nq, d), dt)
     dk = np.zeros((nb, nk, d), dt)
     dvv = np.zeros((nb, nk, dv), dt)
     dh = np.zeros((nb, nq), dt)  # D in HBM
-    st_dk, st_dv, st_info = np.zeros((bk, d), dt), np.zeros((bk, dv), dt), np.zeros(6, np.int64)
-    off = nk - nq if p.causal == "bottom_right" else 0
-    ins = (readonly(x) for x in (p.q, p.k, p.v, o_f, lse_f.reshape(nb, nq), do_f, p.mask))
-    args = (*ins, has_mask, dt.type(p.scale),
-            CAUSAL_CODE[p.causal], off, bq, bk, dq, dk, dvv, dh, st_dk, st_dv, st_info)
+    st_dk, st_dv, info = np.zeros((bk, d)), np.zeros((bk, dv)), np.zeros(6, np.int64)
+    ins = (readonly(x) for x in (p.q, p.k, p.v, o_f, lse_f, do_f, p.mask))
+    args = (*ins, p.has_mask, dt.type(p.scale), p.causal_code, p.offset, bq, bk, dq, dk, dvv, dh,
+            st_dk, st_dv, info)
 
     def call(mem):
         _backward(mem, *args)
 
-    stepped = stop_after is not None
+    def state_fn(mem, trace_):
+        n = int(info[5] - info[4])
+        return step_state(mem, sram, trace_, info, PHASES,
+                          {"dk_partial": st_dk[:n].copy(), "dv_partial": st_dv[:n].copy()})
+
     estimate = nb * (tr * tc * 14 + tc * 8 + tr * 10)
-    mem = run_with_trace(call, sram, trace=bool(trace) or stepped, trace_estimate=estimate, stop_after=stop_after)
-    outputs = {
-        "dq": unbroadcast(p.restore(dq), np.shape(q)),
-        "dk": unbroadcast(p.restore(dk), np.shape(k)),
-        "dv": unbroadcast(p.restore(dvv), np.shape(v)),
-    }
-    result = finish(mem, sram, outputs, plan=plan, slot_names=BACKWARD_SLOTS)
-    if stepped:
-        b, r0, r1, c0, c1, _ = (int(x) for x in st_info)
-        n = c1 - c0
-        result.state = {
-            "step": int(stop_after), "head": b, "rows": (r0, r1), "cols": (c0, c1),
-            "dk_partial": st_dk[:n].copy(), "dv_partial": st_dv[:n].copy(),
-            "sram": result.trace.sram_at(int(stop_after) - 1),
-            "traffic": memory.Traffic.from_counts(mem.counts, sram.bytes_per_element),
-        }
-    return result
-
-
-def _flat_grad_input(name, x, shape, dt, where, *, allow_neginf):
-    x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{where}: {name} must be a floating-point array, got dtype {x.dtype}")
-    if x.shape != shape:
-        try:
-            x = np.broadcast_to(x, shape)
-        except ValueError:
-            raise ValueError(f"{where}: {name} has shape {x.shape}, expected {shape}") from None
-    bad = np.isnan(x) | (np.isinf(x) if not allow_neginf else (x == np.inf))
-    if bad.any():
-        what = "NaN or +Inf" if allow_neginf else "NaN or Inf"
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{where}: {name} contains {what} (first at index {first})")
-    x = np.ascontiguousarray(x, dtype=dt)
-    return x.reshape((-1, shape[-1])) if allow_neginf else x.reshape((-1,) + shape[-2:])
-
+    mem = run_with_trace(call, sram, trace=bool(trace) or stop_after is not None, trace_estimate=estimate,
+                         stop_after=stop_after)
+    outputs = grad_outputs(p, (np.shape(q), np.shape(k), np.shape(v)), dq=dq, dk=dk, dv=dvv)
+    return finish(mem, sram, outputs, plan=plan, slot_names=BACKWARD_SLOTS, state_fn=state_fn)

@@ -1,7 +1,7 @@
 """Standard attention: the three-pass baseline that materialises S and P in HBM.
 
 This is the algorithm the FlashAttention paper beats (its Algorithm 0;
-ALGORITHMS.md section 2), run on the simulated hierarchy so that every
+docs/algorithms.md), run on the simulated hierarchy so that every
 element it moves is counted by :mod:`refattn.memory`. Nothing is skipped:
 masked entries are computed, written to S as -inf and to P as 0.
 
@@ -11,7 +11,7 @@ Forward, per head (Nq queries, Nk keys, head dims d and dv)::
     F2  P = softmax(S), L = lse  read S by rows       -> write P, L
     F3  O = P V                  read P, V by tiles   -> write O
 
-Backward (the derivation of ALGORITHMS.md section 1)::
+Backward (the derivation in docs/algorithms.md)::
 
     B1  dV = P^T dO              read P, dO           -> write dV
     B2  dP = dO V^T, D = rowsum(dO * O)   read dO, O, V -> write dP, D
@@ -53,13 +53,23 @@ and C = (M - s) // k. Softmax with whole rows reads S once; with partial
 rows it reads S twice (sweep 1: online max/sum -> L; sweep 2: P = exp(S - L)).
 B3 is elementwise once D is known, so it reads P and dP once either way.
 
-Steps: one step per tile of each pass (F1, F3, B1, B2, B4, B5: one per
-R x C tile; F2 and B3: one per row block when rows fit, else one per chunk
-of each sweep). Heads run one after another, each through all its passes.
-``stop_after=k`` (1 <= k <= ``plan["n_steps"]``, as for the flash kernels)
-stops after step k: ``state`` names the pass, head and tile, holds the
-pass's on-chip accumulator and the HBM arrays as they stand; the trace is
-then always recorded.
+Steps (1..n_steps, docs/contract.md): one step per tile of each pass (F1,
+F3, B1, B2, B4, B5: one per R x C tile; F2 and B3: one per row block when
+rows fit, else one per chunk of each sweep). Heads run one after another,
+each through all its passes; a pass releases its slots in its last step.
+``stop_after=k`` (1 <= k <= ``plan.n_steps``) stops after step k:
+``state.phase`` names the pass, ``state.rows``/``cols`` the tile, and
+``state.arrays`` holds ``accumulator`` (the pass's on-chip accumulator,
+float64) and ``hbm`` (the simulated HBM arrays as they stand: forward S, P,
+O, L; backward P, dP, D, dS, dQ, dK, dV); the trace is then always recorded.
+
+Precision: S, P, dP, dS and the outputs are stored in the input dtype.
+Three sums are kept in float64 and rounded once: the softmax denominator
+l = sum_j exp(S_ij - m_i) (a float32 running sum over Nk terms loses about
+Nk * eps; FlashAttention's tiles avoid this by summing Bc terms at a time),
+the matmul accumulators (O, dV, dQ, dK across tiles), and D_i =
+rowsum(dO_i * O_i) and dP = dO V^T, so dP - D is computed from two equally
+rounded numbers (docs/design.md, "Precision").
 
 HBM traffic closed form (elements, per head; ``Tx = ceil(n_outer / R)`` of pass x)::
 
@@ -88,7 +98,19 @@ import numba
 import numpy as np
 
 from refattn import memory
-from refattn.kernels.common import KernelResult, check_stop_after, finish, prepare, run_with_trace
+from refattn.kernels.common import (
+    finish,
+    grad_input,
+    grad_outputs,
+    prepare,
+    readonly,
+    run_with_trace,
+    score_tile,
+    step_state,
+    stop_here,
+)
+from refattn.kernels.contract import KernelResult, Plan
+from refattn.validation import check_product_range
 
 __all__ = ["standard_forward", "standard_backward", "plan_forward", "plan_backward",
            "matmul_blocks", "row_blocks", "SLOT_NAMES", "FORWARD_PASSES", "BACKWARD_PASSES"]
@@ -152,25 +174,23 @@ def _cdiv(a, b):
 
 # ---------------------------------------------------------------------------
 # Jitted passes. Each returns True if the run stopped (stop_after) inside it;
-# info = [pass, head, r0, r1, c0, c1] of the last step then.
+# info = [pass index, head, r0, r1, c0, c1] of the last step then (common.stop_here).
 # ---------------------------------------------------------------------------
-@numba.njit(cache=True, inline="always")
-def _stop(mem, info, pas, h, r0, r1, c0, c1):
-    if memory.end_step(mem):
-        info[0] = pas
-        info[1] = h
-        info[2] = r0
-        info[3] = r1
-        info[4] = c0
-        info[5] = c1
-        return True
-    return False
+@numba.njit(cache=True)
+def _sum64(x):
+    """Sum of a 1-D array, accumulated in float64."""
+    tot = 0.0
+    for t in range(x.shape[0]):
+        tot += x[t]
+    return tot
 
 
 @numba.njit(cache=True)
 def _pass_scores(mem, h, q, k, mask, has_mask, scale, causal_on, offset, R, C, s_hbm, info):
     """F1: S[h] = scale * Q K^T with the causal/boolean mask as -inf; one step per R x C tile."""
     nq, d, nk = q.shape[1], q.shape[2], k.shape[1]
+    s_buf = np.empty(R * C, q.dtype)
+    cols = np.arange(nk)
     for r0 in range(0, nq, R):
         r1 = min(r0 + R, nq)
         memory.load(mem, memory.T_Q, SLOT_ROWS, r0, r1, 0, d)  # Q block (rows, d)
@@ -178,21 +198,18 @@ def _pass_scores(mem, h, q, k, mask, has_mask, scale, causal_on, offset, R, C, s
         for c0 in range(0, nk, C):
             c1 = min(c0 + C, nk)
             memory.load(mem, memory.T_K, SLOT_COLS, c0, c1, 0, d)  # K block (w, d)
-            st = np.dot(qt, k[h, c0:c1].T) * scale  # (rows, w)
-            memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * d, 0)
-            memory.hold(mem, memory.T_S, SLOT_TILE, r0, r1, c0, c1)
             if has_mask:
                 memory.load(mem, memory.T_MASK, SLOT_MASK, r0, r1, c0, c1)
-            for i in range(r1 - r0):
-                lim = r0 + i + offset
-                for j in range(c1 - c0):
-                    if (causal_on and c0 + j > lim) or (has_mask and not mask[h, r0 + i, c0 + j]):
-                        st[i, j] = -np.inf
+            st = score_tile(qt, k[h, c0:c1], c1 - c0, s_buf, scale, r0, cols[c0:c1], causal_on, offset,
+                            mask, has_mask, h)  # (rows, w), masked entries -inf
+            memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * d, 0)
+            memory.hold(mem, memory.T_S, SLOT_TILE, r0, r1, c0, c1)
             s_hbm[h, r0:r1, c0:c1] = st
             memory.store(mem, memory.T_S, SLOT_TILE, r0, r1, c0, c1)
-            if _stop(mem, info, 1, h, r0, r1, c0, c1):
+            if r1 == nq and c1 == nk:
+                memory.free_all(mem)
+            if stop_here(mem, info, 0, h, r0, r1, c0, c1):
                 return True
-    memory.free_all(mem)
     return False
 
 
@@ -214,14 +231,16 @@ def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
                     lse[h, i] = ninf
                     continue
                 e = np.exp(row - m)
-                tot = e.sum()
+                tot = _sum64(e)  # float64 denominator (module docstring, "Precision")
                 p_hbm[h, i] = e / tot
                 lse[h, i] = m + np.log(tot)
             memory.count_flops(mem, 0, (r1 - r0) * nk)
             memory.hold(mem, memory.T_P, SLOT_TILE, r0, r1, 0, nk)  # P replaces S on chip
             memory.store(mem, memory.T_P, SLOT_TILE, r0, r1, 0, nk)
             memory.store(mem, memory.T_L, SLOT_STATS, r0, r1, 0, 1)
-            if _stop(mem, info, 2, h, r0, r1, 0, nk):
+            if r1 == nq:
+                memory.free_all(mem)
+            if stop_here(mem, info, 1, h, r0, r1, 0, nk):
                 return True
     else:  # one row at a time in chunks of C: sweep 1 (online m, l), sweep 2 (P = exp(S - L))
         for i in range(nq):
@@ -235,13 +254,13 @@ def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
                 m_new = max(m, chunk.max())
                 if m_new != ninf:
                     alpha = 0.0 if m == ninf else np.exp(m - m_new)
-                    tot = alpha * tot + np.exp(chunk - m_new).sum()
+                    tot = alpha * tot + _sum64(np.exp(chunk - m_new))
                     m = m_new
                 memory.count_flops(mem, 0, c1 - c0)
                 if c1 == nk:
                     lse[h, i] = ninf if tot == 0.0 else m + np.log(tot)
                     memory.store(mem, memory.T_L, SLOT_STATS, i, i + 1, 0, 1)
-                if _stop(mem, info, 2, h, i, i + 1, c0, c1):
+                if stop_here(mem, info, 1, h, i, i + 1, c0, c1):
                     return True
             L = lse[h, i]
             for c0 in range(0, nk, C):
@@ -254,9 +273,10 @@ def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
                 memory.count_flops(mem, 0, c1 - c0)
                 memory.hold(mem, memory.T_P, SLOT_TILE, i, i + 1, c0, c1)
                 memory.store(mem, memory.T_P, SLOT_TILE, i, i + 1, c0, c1)
-                if _stop(mem, info, 2, h, i, i + 1, c0, c1):
+                if i == nq - 1 and c1 == nk:
+                    memory.free_all(mem)
+                if stop_here(mem, info, 1, h, i, i + 1, c0, c1):
                     return True
-    memory.free_all(mem)
     return False
 
 
@@ -283,9 +303,10 @@ def _pass_rows_times_inner(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t,
             if c1 == nk:
                 out[h, r0:r1] = acc[:r1 - r0, :w_out] * factor
                 memory.store(mem, out_t, SLOT_ACC, r0, r1, 0, w_out)
-            if _stop(mem, info, pas, h, r0, r1, c0, c1):
+                if r1 == nq:
+                    memory.free_all(mem)
+            if stop_here(mem, info, pas, h, r0, r1, c0, c1):
                 return True
-    memory.free_all(mem)
     return False
 
 
@@ -311,9 +332,10 @@ def _pass_cols_times_inner(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t,
             if r1 == nq:
                 out[h, c0:c1] = acc[:c1 - c0, :w_out] * factor
                 memory.store(mem, out_t, SLOT_ACC, c0, c1, 0, w_out)
-            if _stop(mem, info, pas, h, r0, r1, c0, c1):
+                if c1 == nk:
+                    memory.free_all(mem)
+            if stop_here(mem, info, pas, h, r0, r1, c0, c1):
                 return True
-    memory.free_all(mem)
     return False
 
 
@@ -325,21 +347,25 @@ def _pass_dp(mem, h, do, o, v, R, C, dp_hbm, d_hbm, info):
         r1 = min(r0 + R, nq)
         memory.load(mem, memory.T_DO, SLOT_ROWS, r0, r1, 0, dv)  # dO block (rows, dv)
         memory.load(mem, memory.T_O, SLOT_ROWS2, r0, r1, 0, dv)  # O block (rows, dv)
-        for i in range(r0, r1):
-            d_hbm[h, i] = np.sum(do[h, i] * o[h, i])
+        for i in range(r0, r1):  # D = rowsum(dO * O), summed in float64
+            acc_d = 0.0
+            for t in range(dv):
+                acc_d += np.float64(do[h, i, t]) * np.float64(o[h, i, t])
+            d_hbm[h, i] = acc_d
         memory.hold(mem, memory.T_D, SLOT_STATS, r0, r1, 0, 1)
         memory.store(mem, memory.T_D, SLOT_STATS, r0, r1, 0, 1)
-        dot_ = do[h, r0:r1]
+        do64 = do[h, r0:r1].astype(np.float64)
         for c0 in range(0, nk, C):
             c1 = min(c0 + C, nk)
             memory.load(mem, memory.T_V, SLOT_COLS, c0, c1, 0, dv)
-            dp_hbm[h, r0:r1, c0:c1] = np.dot(dot_, v[h, c0:c1].T)
+            dp_hbm[h, r0:r1, c0:c1] = np.dot(do64, v[h, c0:c1].astype(np.float64).T)  # summed in float64
             memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * dv, 0)
             memory.hold(mem, memory.T_DP, SLOT_TILE, r0, r1, c0, c1)
             memory.store(mem, memory.T_DP, SLOT_TILE, r0, r1, c0, c1)
-            if _stop(mem, info, 2, h, r0, r1, c0, c1):
+            if r1 == nq and c1 == nk:
+                memory.free_all(mem)
+            if stop_here(mem, info, 1, h, r0, r1, c0, c1):
                 return True
-    memory.free_all(mem)
     return False
 
 
@@ -360,9 +386,10 @@ def _pass_ds(mem, h, R, C, p_hbm, dp_hbm, d_hbm, ds_hbm, info):
                     ds_hbm[h, i, j] = p_hbm[h, i, j] * (dp_hbm[h, i, j] - di)
             memory.hold(mem, memory.T_DS, SLOT_TILE2, r0, r1, c0, c1)  # dS replaces dP
             memory.store(mem, memory.T_DS, SLOT_TILE2, r0, r1, c0, c1)
-            if _stop(mem, info, 3, h, r0, r1, c0, c1):
+            if r1 == nq and c1 == nk:
+                memory.free_all(mem)
+            if stop_here(mem, info, 2, h, r0, r1, c0, c1):
                 return True
-    memory.free_all(mem)
     return False
 
 
@@ -376,7 +403,7 @@ def _forward(mem, q, k, v, mask, has_mask, scale, causal_on, offset, plan, s_hbm
             return True
         if _pass_softmax(mem, h, plan[2], plan[3], s_hbm, p_hbm, lse, info):
             return True
-        if upto >= 3 and _pass_rows_times_inner(mem, h, 3, memory.T_P, p_hbm, memory.T_V, v, memory.T_O, o,
+        if upto >= 3 and _pass_rows_times_inner(mem, h, 2, memory.T_P, p_hbm, memory.T_V, v, memory.T_O, o,
                                                 1.0, plan[4], plan[5], acc, info):
             return True
     return False
@@ -386,17 +413,17 @@ def _forward(mem, q, k, v, mask, has_mask, scale, causal_on, offset, plan, s_hbm
 def _backward(mem, q, k, v, o, do, scale, plan, p_hbm, dp_hbm, ds_hbm, d_hbm, dq, dk, dv, acc, info):
     for h in range(q.shape[0]):
         memory.set_head(mem, h)
-        if _pass_cols_times_inner(mem, h, 1, memory.T_P, p_hbm, memory.T_DO, do, memory.T_DV, dv, 1.0,
+        if _pass_cols_times_inner(mem, h, 0, memory.T_P, p_hbm, memory.T_DO, do, memory.T_DV, dv, 1.0,
                                   plan[0], plan[1], acc, info):
             return True
         if _pass_dp(mem, h, do, o, v, plan[2], plan[3], dp_hbm, d_hbm, info):
             return True
         if _pass_ds(mem, h, plan[4], plan[5], p_hbm, dp_hbm, d_hbm, ds_hbm, info):
             return True
-        if _pass_rows_times_inner(mem, h, 4, memory.T_DS, ds_hbm, memory.T_K, k, memory.T_DQ, dq, scale,
+        if _pass_rows_times_inner(mem, h, 3, memory.T_DS, ds_hbm, memory.T_K, k, memory.T_DQ, dq, scale,
                                   plan[6], plan[7], acc, info):
             return True
-        if _pass_cols_times_inner(mem, h, 5, memory.T_DS, ds_hbm, memory.T_Q, q, memory.T_DK, dk, scale,
+        if _pass_cols_times_inner(mem, h, 4, memory.T_DS, ds_hbm, memory.T_Q, q, memory.T_DK, dk, scale,
                                   plan[8], plan[9], acc, info):
             return True
     return False
@@ -413,61 +440,92 @@ def _steps_softmax(nq, nk, rc):
     return _cdiv(nq, rc[0]) if rc[1] == nk else nq * 2 * _cdiv(nk, rc[1])
 
 
-def _run_p(p, plan, sram, stop_after=None, trace=False, upto=3):
-    """Run the forward passes on prepared inputs; returns (mem, arrays, info, stopped)."""
+def _pass_footprint(name, rc, d, dv, has_mask):
+    """{slot: elements} of one pass with blocks rc = (R, C) (module docstring, "Tiling")."""
+    r, c = rc
+    w = {"F1": d, "F3": dv, "B1": dv, "B4": d, "B5": d}
+    if name == "F1":
+        return {"outer rows": r * d, "inner rows": c * d, "tile": r * c, "mask tile": r * c if has_mask else 0}
+    if name in ("F3", "B1", "B4", "B5"):
+        return {"accumulator": r * w[name], "inner rows": c * w[name], "tile": r * c}
+    if name == "F2":
+        return {"tile": r * c, "row stats": 2 * r}
+    if name == "B2":
+        return {"outer rows": r * dv, "second outer rows": r * dv, "row stats": r, "inner rows": c * dv,
+                "tile": r * c}
+    return {"row stats": r, "tile": r * c, "second tile": r * c}  # B3
+
+
+def _plan(kernel, passes, steps, nq, nk, d, dv, M, has_mask, heads, causal, step, extra=None) -> Plan:
+    outer = {"F1": nq, "F2": nq, "F3": nq, "B1": nk, "B2": nq, "B3": nq, "B4": nq, "B5": nk}
+    inner = {"F1": nk, "F2": nk, "F3": nk, "B1": nq, "B2": nk, "B3": nk, "B4": nk, "B5": nq}
+    feet = [_pass_footprint(x, rc, d, dv, has_mask) for x, rc in passes.items()]
+    blocks, tiles = {}, {}
+    for x, (r, c) in passes.items():
+        blocks[f"{x}.R"], blocks[f"{x}.C"] = r, c
+        tiles[f"{x}.Tr"], tiles[f"{x}.Tc"] = _cdiv(outer[x], r), _cdiv(inner[x], c)
+    details = {"passes": dict(passes), "causal": causal or "none", "masked": has_mask, "heads": heads}
+    details.update(extra or {})
+    return Plan(kernel=kernel, blocks=blocks, tiles=tiles, footprint=max(feet, key=lambda f: sum(f.values())),
+                M=M, n_steps=steps, step=step, details=details)
+
+
+def _run_p(p, passes, sram, stop_after=None, trace=False, upto=3):
+    """Run the forward passes on prepared inputs; returns (mem, arrays, info)."""
     dt = p.q.dtype
     s_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
     p_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
     o = np.zeros((p.batch, p.nq, p.dv), dt)
     lse = np.full((p.batch, p.nq), -np.inf, dt)
-    acc = np.zeros((plan["F3"][0], p.dv), dt)
+    acc = np.zeros((passes["F3"][0], p.dv))  # float64 accumulator
     info = np.zeros(6, np.int64)
-    packed = np.array(plan["F1"] + plan["F2"] + plan["F3"], np.int64)
-    scale_t = dt.type(p.scale)
-    causal_on = p.causal is not None
-    offset = (p.nk - p.nq) if p.causal == "bottom_right" else 0
-    stopped = [False]
+    packed = np.array(passes["F1"] + passes["F2"] + passes["F3"], np.int64)
+    args = (*(readonly(x) for x in (p.q, p.k, p.v, p.mask)), p.has_mask, dt.type(p.scale), p.causal is not None,
+            p.offset, packed, s_hbm, p_hbm, o, lse, acc, info, upto)
 
     def call(mem):
-        stopped[0] = _forward(mem, p.q, p.k, p.v, p.mask, p.has_mask, scale_t, causal_on, offset, packed,
-                              s_hbm, p_hbm, o, lse, acc, info, upto)
+        _forward(mem, *args)
 
-    steps = _forward_steps(p, plan)
+    steps = _forward_steps(p, passes)
     mem = run_with_trace(call, sram, trace=trace, trace_estimate=6 * steps + 16, stop_after=stop_after)
-    return mem, (s_hbm, p_hbm, o, lse, acc), info, stopped[0]
+    return mem, (s_hbm, p_hbm, o, lse, acc), info
 
 
-def _forward_steps(p, plan):
-    return p.batch * (_steps_matmul(p.nq, p.nk, plan["F1"]) + _steps_softmax(p.nq, p.nk, plan["F2"])
-                      + _steps_matmul(p.nq, p.nk, plan["F3"]))
-
+def _forward_steps(p, passes):
+    return p.batch * (_steps_matmul(p.nq, p.nk, passes["F1"]) + _steps_softmax(p.nq, p.nk, passes["F2"])
+                      + _steps_matmul(p.nq, p.nk, passes["F3"]))
 
 
 def standard_forward(q, k, v, *, sram, causal=False, scale=None, mask=None, trace=False,
                      stop_after=None) -> KernelResult:
     """Standard (three-pass) attention on the simulated hierarchy.
 
-    Returns a :class:`~refattn.kernels.common.KernelResult` with ``o``
+    Returns a :class:`~refattn.kernels.contract.KernelResult` with ``o``
     (..., Nq, dv) and ``lse`` (..., Nq) in the input dtype (float32 or
-    float64); S and P stay in simulated HBM (``state["hbm"]`` shows them when
-    stopped early). ``causal``: False, True (bottom-right) or "top_left";
+    float64); S and P stay in simulated HBM (``state.arrays["hbm"]`` shows them
+    when stopped early). ``causal``: False, True (bottom-right) or "top_left";
     ``mask``: boolean, True = keep; ``sram``: Sram, int M or a chip name.
-    ``plan`` holds (R, C) of each pass. See the module docstring for the
-    tiling, steps and the traffic closed form.
+    ``plan.details["passes"]`` holds (R, C) of each pass. See the module
+    docstring for the tiling, steps and the traffic closed form.
     """
     p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where="standard_forward")
     sram = memory.as_sram(sram)
-    plan = plan_forward(p.nq, p.nk, p.d, p.dv, sram.capacity, p.has_mask)
-    n_steps = _forward_steps(p, plan)
-    check_stop_after(stop_after, n_steps, "standard_forward")
+    passes = plan_forward(p.nq, p.nk, p.d, p.dv, sram.capacity, p.has_mask)
+    softmax = "whole rows" if passes["F2"][1] == p.nk else "two sweeps per row"
+    plan = _plan("standard_forward", passes, _forward_steps(p, passes), p.nq, p.nk, p.d, p.dv, sram.capacity,
+                 p.has_mask, p.batch, p.causal, "one tile of a pass (F1, F3: R x C; F2: a row block, or a chunk "
+                 "of one row per sweep); passes in order, heads in turn", {"softmax": softmax})
+    plan.check_stop_after(stop_after)
     traced = bool(trace) or stop_after is not None  # a stopped run always comes with its trace
-    mem, (s_hbm, p_hbm, o, lse, acc), info, stopped = _run_p(p, plan, sram, stop_after, traced)
-    state = None
-    if stopped:
-        state = _state(FORWARD_PASSES, info, acc, mem, {"S": s_hbm, "P": p_hbm, "O": o, "L": lse})
-    out_plan = dict(plan, softmax="whole rows" if plan["F2"][1] == p.nk else "two sweeps per row", n_steps=n_steps)
-    return finish(mem, sram, {"o": p.restore(o), "lse": p.restore(lse)}, plan=out_plan,
-                  slot_names=SLOT_NAMES, state=state)
+    mem, (s_hbm, p_hbm, o, lse, acc), info = _run_p(p, passes, sram, stop_after, traced)
+
+    def state_fn(mem_, trace_):
+        return step_state(mem_, sram, trace_, info, FORWARD_PASSES,
+                          {"accumulator": acc.copy(),
+                           "hbm": {"S": s_hbm.copy(), "P": p_hbm.copy(), "O": o.copy(), "L": lse.copy()}})
+
+    return finish(mem, sram, {"o": p.restore(o), "lse": p.restore(lse)}, plan=plan, slot_names=SLOT_NAMES,
+                  state_fn=state_fn)
 
 
 def standard_backward(q, k, v, o, do, *, sram, causal=False, scale=None, mask=None, trace=False,
@@ -475,68 +533,53 @@ def standard_backward(q, k, v, o, do, *, sram, causal=False, scale=None, mask=No
     """Gradients (dq, dk, dv) of standard attention, passes B1-B5 on the simulated hierarchy.
 
     ``o`` is the forward output and ``do`` the upstream gradient, both shaped
-    (..., Nq, dv) like the output. P is the one the forward with the same M
-    stores (rebuilt off the counters; see the module docstring). The plan
-    must fit M for both the forward (which produced P) and the backward.
+    (..., Nq, dv) like the output (any float dtype; cast to the inputs'). P is
+    the one the forward with the same M stores (rebuilt off the counters; see
+    the module docstring). The plan must fit M for both the forward (which
+    produced P) and the backward. Gradients have the shapes of q, k, v (summed
+    over broadcast leading dims).
     """
-    p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where="standard_backward")
-    o_f, do_f = [], []
-    for name, x in (("o", o), ("do", do)):
-        x = np.asarray(x)
-        want = p.lead + (p.nq, p.dv)
-        if x.shape != want:
-            raise ValueError(f"standard_backward: {name} has shape {x.shape}, expected {want} (the shape of o)")
-        if x.dtype != p.q.dtype:
-            raise TypeError(f"standard_backward: {name} has dtype {x.dtype}, expected {p.q.dtype} like q")
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"standard_backward: {name} contains NaN or Inf")
-        (o_f if name == "o" else do_f).append(np.ascontiguousarray(x.reshape(p.batch, p.nq, p.dv)))
-    sram = memory.as_sram(sram)
-    fplan = plan_forward(p.nq, p.nk, p.d, p.dv, sram.capacity, p.has_mask)
-    plan = plan_backward(p.nq, p.nk, p.d, p.dv, sram.capacity)
-    # P as the forward stored it: passes F1-F2 of the same code on scratch counters (not counted).
-    _, (_, p_hbm, _, _, _), _, _ = _run_p(p, fplan, sram, upto=2)
-
+    where = "standard_backward"
+    p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where=where)
     dt = p.q.dtype
+    oshape = p.lead + (p.nq, p.dv)
+    o_f = grad_input("o", o, oshape, dt, where)
+    do_f = grad_input("do", do, oshape, dt, where)
+    check_product_range(where, "dP = dO V^T", "do", do_f, "v", p.v, 1.0, dt)
+    sram = memory.as_sram(sram)
+    fpasses = plan_forward(p.nq, p.nk, p.d, p.dv, sram.capacity, p.has_mask)
+    passes = plan_backward(p.nq, p.nk, p.d, p.dv, sram.capacity)
+    steps = p.batch * (_steps_matmul(p.nk, p.nq, passes["B1"]) + _steps_matmul(p.nq, p.nk, passes["B2"])
+                       + _steps_matmul(p.nq, p.nk, passes["B3"]) + _steps_matmul(p.nq, p.nk, passes["B4"])
+                       + _steps_matmul(p.nk, p.nq, passes["B5"]))
+    plan = _plan("standard_backward", passes, steps, p.nq, p.nk, p.d, p.dv, sram.capacity, False, p.batch,
+                 p.causal, "one R x C tile of a pass (B1..B5); passes in order, heads in turn",
+                 {"forward passes": dict(fpasses)})
+    plan.check_stop_after(stop_after)
+    # P as the forward stored it: passes F1-F2 of the same code on scratch counters (not counted).
+    _, (_, p_hbm, _, _, _), _ = _run_p(p, fpasses, sram, upto=2)
+
     dp_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
     ds_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
     d_hbm = np.zeros((p.batch, p.nq), dt)
     dq = np.zeros((p.batch, p.nq, p.d), dt)
     dk = np.zeros((p.batch, p.nk, p.d), dt)
     dv = np.zeros((p.batch, p.nk, p.dv), dt)
-    acc = np.zeros((max(r for r, _ in plan.values()), max(p.d, p.dv)), dt)
+    acc = np.zeros((max(r for r, _ in passes.values()), max(p.d, p.dv)))  # float64 accumulator
     info = np.zeros(6, np.int64)
-    packed = np.array(sum((plan[x] for x in ("B1", "B2", "B3", "B4", "B5")), ()), np.int64)
-    scale_t = dt.type(p.scale)
-    stopped = [False]
+    packed = np.array(sum((passes[x] for x in ("B1", "B2", "B3", "B4", "B5")), ()), np.int64)
+    args = (*(readonly(x) for x in (p.q, p.k, p.v, o_f, do_f)), dt.type(p.scale), packed, p_hbm, dp_hbm, ds_hbm,
+            d_hbm, dq, dk, dv, acc, info)
 
     def call(mem):
-        stopped[0] = _backward(mem, p.q, p.k, p.v, o_f[0], do_f[0], scale_t, packed, p_hbm, dp_hbm, ds_hbm,
-                               d_hbm, dq, dk, dv, acc, info)
+        _backward(mem, *args)
 
-    steps = p.batch * (_steps_matmul(p.nk, p.nq, plan["B1"]) + _steps_matmul(p.nq, p.nk, plan["B2"])
-                       + _steps_matmul(p.nq, p.nk, plan["B3"]) + _steps_matmul(p.nq, p.nk, plan["B4"])
-                       + _steps_matmul(p.nk, p.nq, plan["B5"]))
-    check_stop_after(stop_after, steps, "standard_backward")
+    def state_fn(mem_, trace_):
+        hbm = {"P": p_hbm, "dP": dp_hbm, "D": d_hbm, "dS": ds_hbm, "dQ": dq, "dK": dk, "dV": dv}
+        return step_state(mem_, sram, trace_, info, BACKWARD_PASSES,
+                          {"accumulator": acc.copy(), "hbm": {n: x.copy() for n, x in hbm.items()}})
+
     traced = bool(trace) or stop_after is not None
     mem = run_with_trace(call, sram, trace=traced, trace_estimate=6 * steps + 16, stop_after=stop_after)
-    state = None
-    if stopped:
-        state = _state(BACKWARD_PASSES, info, acc, mem,
-                       {"P": p_hbm, "dP": dp_hbm, "D": d_hbm, "dS": ds_hbm, "dQ": dq, "dK": dk, "dV": dv})
-    return finish(mem, sram, {"dq": p.restore(dq), "dk": p.restore(dk), "dv": p.restore(dv)},
-                  plan=dict(plan, n_steps=steps), slot_names=SLOT_NAMES, state=state)
-
-
-def _state(names, info, acc, mem, hbm):
-    pas, h, r0, r1, c0, c1 = (int(x) for x in info)
-    return {
-        "step": int(mem.cursor[1]) - 1,
-        "pass": names[pas - 1],
-        "head": h,
-        "rows": (r0, r1),
-        "cols": (c0, c1),
-        "accumulator": acc.copy(),
-        "sram": {name: int(mem.slots[i]) for i, name in enumerate(SLOT_NAMES)},
-        "hbm": {k: v.copy() for k, v in hbm.items()},
-    }
+    outputs = grad_outputs(p, (np.shape(q), np.shape(k), np.shape(v)), dq=dq, dk=dk, dv=dv)
+    return finish(mem, sram, outputs, plan=plan, slot_names=SLOT_NAMES, state_fn=state_fn)

@@ -19,8 +19,8 @@ from refattn.patterns import build_index
 def minference_forward(q, k, v, config, *, sram="a100", scale=None, return_index_sets=False):
     """Sparse causal attention of ``(heads, N, d)`` inputs under ``config`` (one entry per head).
 
-    Returns the sparse kernel's :class:`~refattn.kernels.common.KernelResult`
-    (``o``, ``lse``, counters), with ``plan["build_s"]`` (seconds spent
+    Returns the sparse kernel's :class:`~refattn.kernels.contract.KernelResult`
+    (``o``, ``lse``, counters), with ``plan.details["build_s"]`` (seconds spent
     building the index sets). With ``return_index_sets=True`` returns
     ``(result, [IndexSet per head])``.
     """
@@ -38,5 +38,5 @@ def minference_forward(q, k, v, config, *, sram="a100", scale=None, return_index
             for h in range(q.shape[0])]
     build_s = time.perf_counter() - t0
     result = sparse_forward(q, k, v, sets, sram=sram, causal=True, scale=scale)
-    result.plan["build_s"] = build_s
+    result.plan.details["build_s"] = build_s
     return (result, sets) if return_index_sets else result

@@ -10,7 +10,7 @@ def fake_flash_trace(nq=8, nk=8, br=4, bc=4, d=2, causal=False):
     recs, step = [], 0
 
     def rec(kind, tensor, slot, r0, r1, c0, c1):
-        recs.append([step, kind, -1 if tensor is None else TENSOR_ID[tensor], slot, 0, r0, r1, c0, c1])
+        recs.append([step, kind, -1 if tensor is None else TENSOR_ID[tensor], slot, 0, r0, r1, c0, c1, 0])
 
     for r0 in range(0, nq, br):
         r1 = min(r0 + br, nq)

@@ -40,23 +40,24 @@ def fa2():
 
 def test_flash_trace_lights_the_kernel_tile(fa2):
     q, k, v, res = fa2
-    br, bc, tc = res.plan["Br"], res.plan["Bc"], res.plan["Tc"]
+    br, bc, tc = res.plan.blocks["Br"], res.plan.blocks["Bc"], res.plan.tiles["Tc"]
     last = figures.last_step(res.trace)
     seen_current = 0
-    for step in range(last + 1):
+    assert last == res.n_steps
+    for step in range(1, last + 1):
         rows, cols, states = figures.tile_states(res.trace, step, 40, 40, res.plan)
         lit = np.argwhere((states == CURRENT) | (states == CURRENT_SKIP))
         assert len(lit) == 1  # FA2: exactly one tile per step, in the order i outer, j inner
         i, j = lit[0]
-        assert (i, j) == divmod(step, tc)
+        assert (i, j) == divmod(step - 1, tc)  # steps are 1-based
         assert rows[i] == i * br and cols[j] == j * bc
         # every earlier tile is done or skipped, every later one pending
         flat = states.ravel()
-        assert np.all(np.isin(flat[:step], [DONE, SKIPPED])) and np.all(flat[step + 1:] == PENDING)
+        assert np.all(np.isin(flat[:step - 1], [DONE, SKIPPED])) and np.all(flat[step:] == PENDING)
         seen_current += states[i, j] == CURRENT
     _, _, final = figures.tile_states(res.trace, last, 40, 40, res.plan)
     # causal (bottom-right, Nq = Nk): skipped exactly where the whole tile lies above the diagonal
-    tr = res.plan["Tr"]
+    tr = res.plan.tiles["Tr"]
     for i in range(tr):
         for j in range(tc):
             above = j * bc > min((i + 1) * br, 40) - 1
@@ -106,9 +107,9 @@ def test_row_state_plots_the_kernel_state():
     res = refattn.flash_forward(q, k, v, sram=512, variant="fa2", stop_after=2)
     fig = figures.row_state(res.state)
     m_bar, l_bar, o_map = fig.data
-    np.testing.assert_array_equal(m_bar.x, res.state["m"])
-    np.testing.assert_array_equal(l_bar.x, res.state["l"])
-    np.testing.assert_array_equal(np.asarray(o_map.z), res.state["o_partial"])
+    np.testing.assert_array_equal(m_bar.x, res.state.arrays["m"])
+    np.testing.assert_array_equal(l_bar.x, res.state.arrays["l"])
+    np.testing.assert_array_equal(np.asarray(o_map.z), res.state.arrays["o_partial"])
     assert "no state" in figures.row_state(None).layout.title.text
 
 

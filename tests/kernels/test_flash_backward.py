@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refattn import memory
-from refattn.kernels.flash import flash_backward, flash_forward
+from refattn.kernels.flash import flash_forward
+from refattn.kernels.flash_backward import flash_backward
 from refattn.reference import attention, attention_backward
 
 TOL = {np.float64: 1e-12, np.float32: 4e-6}
@@ -87,17 +88,17 @@ def test_deterministic_stepping_and_trace():
             assert np.array_equal(full.outputs[name], r.outputs[name])
         assert full.traffic == r.traffic and full.peak_sram == r.peak_sram and full.flops == r.flops
     assert np.array_equal(full.trace.records, again.trace.records)
-    tr, tc = full.plan["Tr"], full.plan["Tc"]
+    tr, tc = full.plan.tiles["Tr"], full.plan.tiles["Tc"]
     assert full.n_steps == 2 * (tr + tr * tc)
-    assert full.trace.traffic_until(full.n_steps - 1) == full.traffic
+    assert full.trace.traffic_until(full.n_steps) == full.traffic
     for step in sorted({1, tr, tr + 1, tr + 3, full.n_steps - 1, full.n_steps}):
         res = flash_backward(q, k, v, o, lse, do, stop_after=step, **kw)
-        assert res.state["step"] == step
-        assert res.state["traffic"] == full.trace.traffic_until(step - 1) == res.traffic
-        assert res.state["sram"] == full.trace.sram_at(step - 1)
+        assert res.state.step == step
+        assert res.state.traffic == full.trace.traffic_until(step) == res.traffic
+        assert res.state.sram == full.trace.sram_at(step)
     # after the first key block of head 0 finished, its dK, dV rows are final in HBM
     res = flash_backward(q, k, v, o, lse, do, stop_after=tr + tr, **kw)
-    assert res.state["cols"] == (0, 6)
+    assert res.state.cols == (0, 6)
     np.testing.assert_array_equal(res.dk[0, :6], full.dk[0, :6])
     np.testing.assert_array_equal(res.dv[0, :6], full.dv[0, :6])
 

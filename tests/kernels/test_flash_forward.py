@@ -90,16 +90,17 @@ def test_default_blocks_follow_the_paper_rule():
     q, k, v, _ = make_inputs(2, (), 1000, 1000, 16, 16, np.float64)
     m = 4096  # ceil(M/4d) = 64 > d = 16
     r1 = flash_forward(q, k, v, sram=m, variant="fa1")
-    assert (r1.plan["Br"], r1.plan["Bc"]) == (16, 64)  # Bc = ceil(M/4d), Br = min(ceil(M/4d), d)
+    assert (r1.plan.blocks["Br"], r1.plan.blocks["Bc"]) == (16, 64)  # Bc = ceil(M/4d), Br = min(ceil(M/4d), d)
     r2 = flash_forward(q, k, v, sram=m, variant="fa2")
-    assert (r2.plan["Br"], r2.plan["Bc"]) == (64, 16)  # FA2 swaps the roles
-    assert r2.plan["Tr"] == 16 and r2.plan["Tc"] == 63
+    assert (r2.plan.blocks["Br"], r2.plan.blocks["Bc"]) == (64, 16)  # FA2 swaps the roles
+    assert r2.plan.tiles["Tr"] == 16 and r2.plan.tiles["Tc"] == 63
     # a chip preset name works as the SRAM
     r3 = flash_forward(q, k, v, sram="a100")
     assert r3.sram.capacity == memory.CHIPS["a100"].sram_elements
     # too little SRAM for the rule: shrink until the plan fits
     r4 = flash_forward(q, k, v, sram=300, variant="fa2")
-    assert flash.forward_footprint(r4.plan["Br"], r4.plan["Bc"], 16, 16, False) <= 300 <= 4 * 16 * 16
+    assert flash.forward_footprint(r4.plan.blocks["Br"], r4.plan.blocks["Bc"], 16, 16, False) <= 300 <= 4 * 16 * 16
+    assert r4.plan.on_chip == flash.forward_footprint(r4.plan.blocks["Br"], r4.plan.blocks["Bc"], 16, 16, False)
 
 
 @pytest.mark.parametrize("variant", ["fa1", "fa2"])
@@ -116,8 +117,8 @@ def test_deterministic_and_one_implementation(variant):
     assert np.array_equal(a.trace.records, b.trace.records)
     assert fast.trace is None
     # replaying the whole trace gives the counted traffic
-    assert a.trace.traffic_until(a.n_steps - 1, 2) == a.traffic
-    assert a.trace.n_steps == a.n_steps == a.plan["n_steps"]
+    assert a.trace.traffic_until(a.n_steps, 2) == a.traffic
+    assert a.trace.n_steps == a.n_steps == a.plan.n_steps
 
 
 def test_parallel_driver_equals_serial(monkeypatch):
@@ -141,23 +142,23 @@ def test_stepping_state_matches_full_run(variant):
     for step in sorted({1, 2, 3, 7, n // 2, n - 1, n}):
         res = flash_forward(q, k, v, stop_after=step, **kw)
         s = res.state
-        assert res.stopped and s["step"] == step and res.n_steps == step
-        assert s["traffic"] == full.trace.traffic_until(step - 1) == res.traffic
-        assert s["sram"] == full.trace.sram_at(step - 1)
-        assert np.array_equal(res.trace.records, full.trace.records[full.trace.records[:, 0] < step])
+        assert res.stopped and s.step == step and res.n_steps == step
+        assert s.traffic == full.trace.traffic_until(step) == res.traffic
+        assert s.sram == full.trace.sram_at(step)
+        assert np.array_equal(res.trace.records, full.trace.records[full.trace.records[:, 0] <= step])
     # the meaning of the state: FA2 after the tile (i=1, j=1) of head 0
     if variant == "fa2":
         res = flash_forward(q, k, v, stop_after=5 + 2, **kw)
         s = res.state
-        assert s["rows"] == (5, 10) and s["cols"] == (7, 14) and not s["o_normalised"]
+        assert s.rows == (5, 10) and s.cols == (7, 14) and not s.arrays["o_normalised"]
         qq, kk, vv = q[0, 5:10], k[0, :14], v[0, :14]
         sc = qq @ kk.T / 2.0
         sc[np.arange(14)[None, :] > np.arange(5, 10)[:, None] + 7] = -np.inf
         m = sc.max(1)
         p = np.exp(sc - m[:, None])
-        np.testing.assert_allclose(s["m"], m, rtol=1e-13)
-        np.testing.assert_allclose(s["l"], p.sum(1), rtol=1e-13)
-        np.testing.assert_allclose(s["o_partial"], p @ vv, rtol=1e-12)
+        np.testing.assert_allclose(s.arrays["m"], m, rtol=1e-13)
+        np.testing.assert_allclose(s.arrays["l"], p.sum(1), rtol=1e-13)
+        np.testing.assert_allclose(s.arrays["o_partial"], p @ vv, rtol=1e-12)
         # outputs of a stopped run are the HBM contents: block 0 written, the rest not yet
         assert np.array_equal(res.o[0, :5], full.o[0, :5]) and np.all(res.o[0, 5:] == 0)
 

@@ -20,7 +20,8 @@ N, D = 8192, 64
 SCRIPT = textwrap.dedent(f"""
     import json, resource, tracemalloc
     import numpy as np
-    from refattn.kernels.flash import flash_backward, flash_forward
+    from refattn.kernels.flash import flash_forward
+    from refattn.kernels.flash_backward import flash_backward
 
     def maxrss():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB

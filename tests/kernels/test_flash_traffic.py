@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refattn.kernels.flash import flash_backward, flash_forward
+from refattn.kernels.flash import flash_forward
+from refattn.kernels.flash_backward import flash_backward
 
 
 def block_sums(nq, nk, br, bc, causal):
@@ -72,7 +73,8 @@ def test_forward_traffic_equals_closed_form(seed, nb, nq, nk, d, dv, variant, ca
     q, k, v, mask = inputs(seed, nb, nq, nk, d, dv, masked)
     sram = 2 * (d + dv) + 6 + m_extra
     res = flash_forward(q, k, v, sram=sram, variant=variant, causal=causal or False, mask=mask)
-    reads, writes = expected_forward(variant, nb, nq, nk, d, dv, res.plan["Br"], res.plan["Bc"], causal, masked)
+    br, bc = res.plan.blocks["Br"], res.plan.blocks["Bc"]
+    reads, writes = expected_forward(variant, nb, nq, nk, d, dv, br, bc, causal, masked)
     assert res.traffic.reads == reads
     assert res.traffic.writes == writes
     assert res.peak_sram <= sram
@@ -88,7 +90,8 @@ def test_backward_traffic_equals_closed_form(seed, nb, nq, nk, d, dv, causal, ma
     o, lse, do = rng.standard_normal((nb, nq, dv)), rng.standard_normal((nb, nq)), rng.standard_normal((nb, nq, dv))
     sram = 4 * (d + dv) + 2 * dv + d + 8 + m_extra
     res = flash_backward(q, k, v, o, lse, do, sram=sram, causal=causal or False, mask=mask)
-    reads, writes = expected_backward(nb, nq, nk, d, dv, res.plan["Br"], res.plan["Bc"], causal, masked)
+    br, bc = res.plan.blocks["Br"], res.plan.blocks["Bc"]
+    reads, writes = expected_backward(nb, nq, nk, d, dv, br, bc, causal, masked)
     assert res.traffic.reads == reads
     assert res.traffic.writes == writes
     assert res.peak_sram <= sram
@@ -99,14 +102,14 @@ def test_no_causal_totals_match_the_simple_formulas():
     q, k, v, _ = inputs(0, 1, nq, nk, d, dv, False)
     for variant in ("fa1", "fa2"):
         res = flash_forward(q, k, v, sram=2000, variant=variant)
-        tr, tc = res.plan["Tr"], res.plan["Tc"]
+        tr, tc = res.plan.tiles["Tr"], res.plan.tiles["Tc"]
         if variant == "fa2":
             assert res.traffic.total == nq * d + tr * nk * (d + dv) + nq * dv + nq
         else:
             assert res.traffic.total == nk * (d + dv) + tc * nq * (d + 2 * dv + 4) + nq * (dv + 5)
     o, lse, do = np.zeros((nq, dv)), np.zeros(nq), np.ones((nq, dv))
     res = flash_backward(q[0], k[0], v[0], o, lse, do, sram=3000)
-    tc = res.plan["Tc"]
+    tc = res.plan.tiles["Tc"]
     assert res.traffic.total == nq * (2 * dv + 1 + d) + tc * nq * (3 * d + dv + 2) + nk * (2 * d + 2 * dv)
 
 

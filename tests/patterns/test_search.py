@@ -86,7 +86,7 @@ def test_minference_forward_applies_the_config(planted, config):
         dense, _ = reference.attention(q[h], k[h], v[h], causal=True)
         err = np.linalg.norm(res.o[h] - dense) / np.linalg.norm(dense)
         assert abs(err - config[h].error) < 1e-3 and err < ERROR_BOUND
-    assert res.plan["build_s"] > 0
+    assert res.plan.details["build_s"] > 0
     with pytest.raises(ValueError, match="config has 3 heads"):
         minference_forward(q[:2], k[:2], v[:2], config)
 

@@ -33,7 +33,7 @@ if runs.available("standard_backward"):
     except (ValueError, TypeError) as exc:
         standard_error = str(exc)
 
-st.markdown(" · ".join(f"**{key}** = {val}" for key, val in flash.plan.items() if isinstance(val, (int, float, str))))
+st.markdown(" · ".join(f"**{key}** = {val}" for key, val in flash.plan.summary().items()))
 if standard is not None:
     ratio = standard.traffic.total / max(flash.traffic.total, 1)
     st.markdown(f"Whole backward: flash **{flash.traffic.total:,}** vs standard **{standard.traffic.total:,}** "

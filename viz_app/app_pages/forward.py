@@ -41,7 +41,7 @@ if runs.available("standard_forward"):
         standard_error = str(exc)
 
 plan = flash.plan
-st.markdown(" · ".join(f"**{key}** = {val}" for key, val in plan.items() if isinstance(val, (int, float, str))))
+st.markdown(" · ".join(f"**{key}** = {val}" for key, val in plan.summary().items()))
 
 interval = stepper.play_controls("fwd")
 
@@ -54,8 +54,8 @@ def step_view():
     with left:
         s = min(step, figures.last_step(flash.trace))
         state = None
-        if s < flash.n_steps:
-            state = runs.forward_state("flash", q, k, v, m, variant, causal, s + 1)
+        if 1 <= s <= flash.n_steps:
+            state = runs.forward_state("flash", q, k, v, m, variant, causal, s)
         views.kernel_view(f"FlashAttention ({variant.upper()})", "flash", flash, step, q.shape[0], k.shape[0],
                           state=state, key="fwd_flash")
     with right:

@@ -8,7 +8,7 @@ from viz_app import figures, runs, views
 
 st.title("IO complexity explorer")
 st.caption("Counted HBM accesses (elements) of the standard and FlashAttention forward kernels, from the kernels' "
-           "own loads and stores, against the closed forms derived in ALGORITHMS.md. Standard attention needs "
+           "own loads and stores, against the closed forms derived in docs/algorithms.md. Standard attention needs "
            "Θ(Nd + N²); FlashAttention Θ(N²d²/M) (Theorem 2).")
 
 if not (runs.available("flash_forward") and runs.available("standard_forward")):
@@ -31,11 +31,12 @@ M_SWEEP = [4 * d * b for b in (2, 4, 8, 16, 32, 64)]
 def closed_form(kernel, n, d, plan):
     """The closed forms written in the kernels' docstrings (no mask, no causal, Nq = Nk = n, dv = d)."""
     if kernel == "standard":  # refattn/kernels/standard.py: three passes, S and P through HBM
-        t_f1, t_f3 = -(-n // plan["F1"][0]), -(-n // plan["F3"][0])
-        s_reads = n * n * (1 if plan["F2"][1] == n else 2)
+        passes = plan.details["passes"]
+        t_f1, t_f3 = -(-n // passes["F1"][0]), -(-n // passes["F3"][0])
+        s_reads = n * n * (1 if passes["F2"][1] == n else 2)
         return n * d + t_f1 * n * d + n * n + s_reads + n * n + n + n * n + t_f3 * n * d + n * d
-    tr, tc = plan["Tr"], plan["Tc"]  # refattn/kernels/flash.py
-    if plan["variant"] == "fa1":
+    tr, tc = plan.tiles["Tr"], plan.tiles["Tc"]  # refattn/kernels/flash.py
+    if plan.details["variant"] == "fa1":
         return n * 2 * d + tc * n * (3 * d + 4) + n * (d + 5)
     return n * d + tr * n * 2 * d + n * d + n
 
