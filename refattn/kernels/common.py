@@ -15,7 +15,7 @@ and the flattened (B, N, d) arrays, and a public wrapper that
 The jitted tile primitives below are the only copy of the tile arithmetic:
 the score tile (:func:`score_tile`), the online-softmax update of one tile
 (:func:`online_update`), the finalisation of a row block (:func:`finalise_rows`),
-the causal visibility of a tile (:func:`visibility`), where a run stopped
+the causal and window visibility of a tile (:func:`visibility`), where a run stopped
 (:func:`stop_here`) and the parallel per-task counters (:func:`new_tasks`,
 :func:`task_mem`, :func:`reduce_tasks`). The backward kernels share
 :func:`grad_input` and :func:`grad_outputs`. Conventions: docs/design.md.
@@ -269,37 +269,75 @@ def stop_here(mem, info, phase, head, r0, r1, c0, c1):
     return False
 
 
+#: ``lo`` of a band with no lower bound (key c >= r + lo always holds); ``-NO_LO`` hides everything.
+NO_LO = -(1 << 60)
+
+
 @numba.njit(cache=True)
-def visibility(r0, r1, c0, c1, causal, off):
-    """0: tile wholly hidden by the causal mask (skip); 1: fully visible; 2: crosses the diagonal."""
-    if causal == 0:
-        return 1
-    if c0 > r1 - 1 + off:
+def visibility(r0, r1, c0, c1, causal, off, lo=NO_LO):
+    """0: tile wholly hidden (skip); 1: fully visible; 2: crosses a band edge (mask element-wise).
+
+    Key c is visible to row r iff ``c <= r + off`` (when ``causal``) and ``c >= r + lo``
+    (a sliding window's lower edge, docs/variants.md; ``NO_LO`` when unbounded)."""
+    hidden = c1 - 1 < r0 + lo
+    partial = c0 < r1 - 1 + lo
+    if causal != 0:
+        hidden = hidden or c0 > r1 - 1 + off
+        partial = partial or c1 - 1 > r0 + off
+    if hidden:
         return 0
-    if c1 - 1 > r0 + off:
+    if partial:
         return 2
     return 1
 
 
 @numba.njit(cache=True)
-def score_tile(q_tile, k_tile, n, out, scale, r0, cols, causal, off, mask, has_mask, b):
+def score_tile(q_tile, k_tile, n, out, scale, r0, cols, causal, off, mask, has_mask, b,
+               lo=NO_LO, softcap=0.0, slope=0.0, aoff=0):
     """S = scale * Q_i K^T for query rows r0.. (``q_tile``, (br, d)) and the first ``n`` rows of
     ``k_tile`` (key columns ``cols[:n]``), written into the buffer ``out`` (>= br*n elements) and
-    returned as a (br, n) view. Entries hidden by the causal mask (when ``causal``: key c
-    visible to row r iff c <= r + off) or by ``mask[b]`` (when ``has_mask``) are -inf."""
+    returned as a (br, n) view. Entries hidden by the band (when ``causal``: key c visible to
+    row r iff ``r + lo <= c <= r + off``) or by ``mask[b]`` (when ``has_mask``) are -inf.
+
+    Variants (docs/variants.md), in this order after the scale: ``softcap > 0`` caps each
+    score to ``softcap * tanh(s / softcap)``; ``slope != 0`` adds the ALiBi bias
+    ``-slope * |r + aoff - c|`` (``aoff = Nk - Nq``); then the masks."""
     br = q_tile.shape[0]
     s = out[:br * n].reshape((br, n))
     np.dot(q_tile, k_tile[:n].T, s)
     for r in range(br):
         lim = r0 + r + off
+        low = r0 + r + lo
         for c in range(n):
             x = s[r, c] * scale
-            if causal and cols[c] > lim:
+            if softcap > 0:
+                x = softcap * np.tanh(x / softcap)
+            if slope != 0:
+                x -= slope * abs(r0 + r + aoff - cols[c])
+            if causal and (cols[c] > lim or cols[c] < low):
                 x = -np.inf
             if has_mask and not mask[b, r0 + r, cols[c]]:
                 x = -np.inf
             s[r, c] = x
     return s
+
+
+@numba.njit(cache=True)
+def softcap_dtanh(s, out, r0, cols, softcap, slope, aoff):
+    """The softcap's derivative 1 - tanh^2 = 1 - (capped / softcap)^2 for a score tile ``s`` made
+    by :func:`score_tile` (the capped score is ``s`` minus its ALiBi bias), into ``out``; 0 where
+    ``s`` is masked. Used by the backward before ``s`` is overwritten by P."""
+    br, n = s.shape
+    d = out[:br * n].reshape((br, n))
+    for r in range(br):
+        for c in range(n):
+            x = s[r, c]
+            if x == -np.inf:
+                d[r, c] = 0
+            else:
+                t = (x + slope * abs(r0 + r + aoff - cols[c])) / softcap
+                d[r, c] = 1 - t * t
+    return d
 
 
 @numba.njit(cache=True)
