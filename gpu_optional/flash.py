@@ -1,6 +1,6 @@
 """Dense FlashAttention-2 in Triton: forward, backward with recomputation, autograd.
 
-Forward (FlashAttention-2, Algorithm 1; ALGORITHMS.md section 3). One program
+Forward (FlashAttention-2, Algorithm 1; docs/algorithms.md, FlashAttention forward). One program
 per (query block of BLOCK_M rows, batch*head z)::
 
     load Q_i                                   # (BLOCK_M, d) stays on chip

@@ -38,7 +38,7 @@ c.claim(np.array_equal(causal_mask(4, 4, "bottom_right"), causal_mask(4, 4, "top
 
 c.say("""Step 2. Fully masked rows. Nq = 5 queries and Nk = 3 keys, bottom-right: queries 0 and 1 see no
 key. The textbook softmax with -inf scores computes exp(-inf - (-inf)) = exp(NaN) for them. The
-reference and the FA2 kernel instead use 0 as the shift of such a row (ALGORITHMS.md sec. 6).""")
+reference and the FA2 kernel instead use 0 as the shift of such a row (docs/design.md).""")
 q, k, v = random_qkv(5, 8, nk=3, dtype=np.float32, seed=10)
 with np.errstate(invalid="ignore"):
     s = np.where(causal_mask(5, 3), q @ k.T, -np.inf)

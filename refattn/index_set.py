@@ -50,10 +50,10 @@ class IndexSet:
     # ------------------------------------------------------------------ build
     @classmethod
     def from_lists(cls, nq, nk, blocks, columns=None, *, block=64) -> IndexSet:
-        """Build from per-query-block lists; each list is sorted and deduplicated.
+        """Build a normalised set from per-query-block lists (any order, repeats allowed).
 
-        Columns that fall inside a listed key block of the same row are dropped
-        (the block already covers them).
+        Each list is sorted and deduplicated; columns that fall inside a listed
+        key block of the same row are dropped (the block already covers them).
         """
         nq, nk, block = int(nq), int(nk), int(block)
         if nq < 1 or nk < 1 or block < 1:
@@ -87,20 +87,65 @@ class IndexSet:
         return cls.from_lists(nq, nk, rows, block=block)
 
     def __post_init__(self):
+        """Check the invariants every kernel relies on; convert array-likes to int64 arrays.
+
+        * ``nq, nk, block`` are positive integers;
+        * offsets have ``n_query_blocks + 1`` entries, start at 0, never decrease
+          and end at the number of indices;
+        * indices are integers in range (key blocks < ceil(nk/block), columns < nk);
+        * each query block's indices are sorted and free of duplicates;
+        * no listed column lies inside a key block listed for the same query
+          block (a kernel would count that key twice).
+
+        :meth:`from_lists` builds a normalised set from unsorted lists
+        (sorting, dropping duplicates and covered columns); the constructor
+        itself refuses a set that breaks an invariant, with a ValueError
+        that names it.
+        """
+        for name in ("nq", "nk", "block"):
+            x = getattr(self, name)
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or x < 1:
+                raise ValueError(f"IndexSet: {name} must be a positive integer, got {x!r}")
+            object.__setattr__(self, name, int(x))
+        for name in ("block_offsets", "block_indices", "column_offsets", "column_indices"):
+            x = np.asarray(getattr(self, name))
+            if x.ndim != 1:
+                raise ValueError(f"IndexSet: {name} must be one-dimensional, got shape {x.shape}")
+            if x.size and not np.issubdtype(x.dtype, np.integer):
+                if not (np.issubdtype(x.dtype, np.floating) and np.all(x == np.round(x))):
+                    raise ValueError(f"IndexSet: {name} must hold integers, got dtype {x.dtype}")
+            x = np.ascontiguousarray(x, dtype=np.int64)
+            x.flags.writeable = False
+            object.__setattr__(self, name, x)
         nqb = self.n_query_blocks
         nkb = -(-self.nk // self.block)
+        rows = {}
         for name, off, idx, hi in (
             ("block", self.block_offsets, self.block_indices, nkb),
             ("column", self.column_offsets, self.column_indices, self.nk),
         ):
             if off.shape != (nqb + 1,) or off[0] != 0 or off[-1] != len(idx) or np.any(np.diff(off) < 0):
-                raise ValueError(f"IndexSet: malformed {name}_offsets {off!r} for {nqb} query blocks")
+                raise ValueError(f"IndexSet: malformed {name}_offsets {off!r} for {nqb} query blocks "
+                                 f"(want {nqb + 1} non-decreasing entries from 0 to {len(idx)})")
             if len(idx) and (idx.min() < 0 or idx.max() >= hi):
-                raise ValueError(f"IndexSet: {name} index out of range [0, {hi})")
-            for qb in range(nqb):
-                row = idx[off[qb]:off[qb + 1]]
-                if np.any(np.diff(row) <= 0):
-                    raise ValueError(f"IndexSet: {name} indices of query block {qb} are not sorted and unique")
+                bad = int(idx[(idx < 0) | (idx >= hi)][0])
+                raise ValueError(f"IndexSet: {name} index out of range [0, {hi}): {bad}")
+            row = np.repeat(np.arange(nqb), np.diff(off))  # query block of each index
+            same_row = row[1:] == row[:-1]
+            bad = same_row & (np.diff(idx) <= 0)
+            if bad.any():
+                qb = int(row[1:][bad][0])
+                raise ValueError(f"IndexSet: {name} indices of query block {qb} are not sorted and unique: "
+                                 f"{idx[off[qb]:off[qb + 1]].tolist()}")
+            rows[name] = row
+        covered = np.isin(rows["column"] * nkb + self.column_indices // self.block,
+                          rows["block"] * nkb + self.block_indices)
+        if covered.any():
+            i = int(np.argmax(covered))
+            c, qb = int(self.column_indices[i]), int(rows["column"][i])
+            raise ValueError(f"IndexSet: column {c} of query block {qb} lies inside key block {c // self.block}, "
+                             f"which the same query block lists (it would be counted twice; "
+                             f"IndexSet.from_lists drops such columns)")
 
     # ------------------------------------------------------------------ query
     @property

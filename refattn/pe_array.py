@@ -1,4 +1,4 @@
-"""A systolic PE array and the cycles a dense GEMM takes on it (ALGORITHMS.md section 9).
+"""A systolic PE array and the cycles a dense GEMM takes on it (docs/algorithms.md, PE arrays).
 
 The GEMM is ``C (M x N) = A (M x K) @ B (K x N)`` on an array of ``rows x cols``
 processing elements (PEs). SCALE-Sim calls A the *ifmap*, B the *filter* and C

@@ -26,7 +26,7 @@ Conventions (see README):
   ``cu_seqlens_k`` (packed variable-length batch; padding rows give 0 and
   lse -inf). The lse is that of the final scores (capped, biased, masked).
 
-Math (ALGORITHMS.md section 1)::
+Math (docs/algorithms.md)::
 
     S = scale * Q K^T            (masked entries excluded)
     P = softmax(S) row-wise      (row max subtracted before exp)
@@ -162,6 +162,8 @@ def attention_backward(q, k, v, do, *, scale=None, causal=False, mask=None, num_
                        softcap=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None):
     """Exact gradients of ``sum(O * dO)`` in float64. Returns ``(dq, dk, dv)``.
 
+    ``do`` has the shape of the output o (leading dims broadcast from q, k, v);
+    each gradient has the shape of its input (summed over broadcast dims).
     Variant keywords as in :func:`attention`. With softcap the score gradient
     is multiplied by ``1 - tanh^2(s / softcap)``; with GQA the gradients of the
     query heads of a group are summed onto their KV head.
@@ -170,7 +172,8 @@ def attention_backward(q, k, v, do, *, scale=None, causal=False, mask=None, num_
                                   num_kv_heads=num_kv_heads, window=window, softcap=softcap,
                                   alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     do64 = np.asarray(do, dtype=np.float64)
-    expected = q64.shape[:-1] + (v64.shape[-1],)
+    lead = np.broadcast_shapes(q64.shape[:-2], k64.shape[:-2], v64.shape[:-2])
+    expected = lead + (q64.shape[-2], v64.shape[-1])  # the shape of o (leading dims broadcast)
     try:
         bad = np.broadcast_shapes(do64.shape, expected) != expected or do64.ndim != len(expected)
     except ValueError:  # shapes that do not broadcast at all

@@ -13,7 +13,7 @@ import os
 
 # The Triton interpreter must be chosen before any @triton.jit runs.
 os.environ.setdefault("TRITON_INTERPRET", "1")
-# Keep BLAS single-threaded under the test runner (2 cores; see DESIGN.md pitfalls).
+# Keep BLAS single-threaded under the test runner (2 cores; see docs/design.md, pitfalls).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest  # noqa: E402

@@ -93,3 +93,56 @@ def test_constructor_refuses_malformed_csr():
         IndexSet(block_offsets=np.array([0, 2, 2]), block_indices=np.array([1, 0]), **ok)
     with pytest.raises(ValueError, match="malformed block_offsets"):
         IndexSet(block_offsets=np.array([0, 2, 1]), block_indices=np.array([0]), **ok)
+
+
+# ---------------------------------------------------------------------------
+# Invariants checked at construction (issue 19)
+# ---------------------------------------------------------------------------
+def test_constructor_refuses_a_column_inside_a_listed_block():
+    # every query block lists key block 0 (keys 0..15) and column 5 inside it: the kernel counted key 5 twice
+    with pytest.raises(ValueError, match="column 5 of query block 0 lies inside key block 0"):
+        IndexSet(40, 40, 16, np.arange(4), np.zeros(3, int), np.arange(4), np.full(3, 5))
+    # the same lists through from_lists are normalised instead (the column is dropped)
+    s = IndexSet.from_lists(40, 40, [[0]] * 3, [[5]] * 3, block=16)
+    assert s.n_strips == 0
+
+
+def test_constructor_converts_array_likes_and_refuses_bad_indices():
+    s = IndexSet(4, 4, 2, [0, 1, 1], [0], (0, 0, 1), [3])
+    assert s.block_indices.dtype == np.int64 and s.column_offsets.tolist() == [0, 0, 1]
+    assert s.to_mask(causal=False)[2:, 3].all()
+    with pytest.raises(ValueError):  # the arrays are read-only: the invariants cannot be broken later
+        s.block_indices[0] = 1
+    ok = dict(nq=4, nk=8, block=2, column_offsets=[0, 0, 0], column_indices=[])
+    with pytest.raises(ValueError, match="not sorted and unique"):
+        IndexSet(block_offsets=[0, 2, 2], block_indices=[1, 1], **ok)  # a duplicate
+    with pytest.raises(ValueError, match="out of range"):
+        IndexSet(block_offsets=[0, 1, 1], block_indices=[4], **ok)
+    with pytest.raises(ValueError, match="must hold integers"):
+        IndexSet(block_offsets=[0, 1, 1], block_indices=[0.5], **ok)
+    with pytest.raises(ValueError, match="nq must be a positive integer"):
+        IndexSet(0, 4, 2, [0], [], [0], [])
+    with pytest.raises(ValueError, match="column indices of query block 1 are not sorted"):
+        IndexSet(4, 8, 2, [0, 0, 0], [], [0, 1, 3], [7, 6, 5])
+
+
+@settings(max_examples=25)
+@given(data=st.data(), nq=st.integers(1, 40), nk=st.integers(1, 40), block=st.integers(1, 9),
+       causal=st.sampled_from([False, True, "top_left"]))
+def test_sparse_kernel_agrees_with_to_mask_on_every_valid_set(data, nq, nk, block, causal):
+    from refattn.kernels.sparse import sparse_forward
+    from refattn.reference import attention
+
+    nqb, nkb = -(-nq // block), -(-nk // block)
+    blocks = [data.draw(st.lists(st.integers(0, nkb - 1), max_size=nkb)) for _ in range(nqb)]
+    cols = [data.draw(st.lists(st.integers(0, nk - 1), max_size=2 * block + 1)) for _ in range(nqb)]
+    s = IndexSet.from_lists(nq, nk, blocks, cols, block=block)
+    again = IndexSet(nq, nk, block, s.block_offsets, s.block_indices, s.column_offsets, s.column_indices)
+    assert np.array_equal(again.to_mask(causal=causal), s.to_mask(causal=causal))  # a valid set passes
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    q, k, v = rng.standard_normal((nq, 3)), rng.standard_normal((nk, 3)), rng.standard_normal((nk, 2))
+    res = sparse_forward(q, k, v, again, sram=10**6, causal=causal)
+    o, lse = attention(q, k, v, mask=s.to_mask(causal=causal))
+    np.testing.assert_allclose(res.o, o, atol=1e-12)
+    assert np.array_equal(np.isneginf(res.lse), np.isneginf(lse))
+    np.testing.assert_allclose(res.lse[np.isfinite(lse)], lse[np.isfinite(lse)], atol=1e-12)

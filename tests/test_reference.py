@@ -109,6 +109,20 @@ def test_broadcasting_of_leading_dims():
     np.testing.assert_allclose(dk[0], dk_sum, atol=1e-12)
 
 
+def test_backward_with_q_broadcast_over_leading_dims():
+    # issue 19: q shared over the batch used to be refused ("expected (1,40,16) (the shape of o)")
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 40, 16))
+    k, v, do = (rng.standard_normal((2, 40, 16)) for _ in range(3))
+    dq, dk, dv = attention_backward(q, k, v, do, causal=True)
+    assert dq.shape == (1, 40, 16) and dk.shape == dv.shape == (2, 40, 16)
+    per = [attention_backward(q[0], k[b], v[b], do[b], causal=True) for b in range(2)]
+    np.testing.assert_allclose(dq[0], per[0][0] + per[1][0], atol=1e-12)
+    np.testing.assert_allclose(dk[1], per[1][1], atol=1e-12)
+    with pytest.raises(ValueError, match="the shape of o"):
+        attention_backward(q, k, v, do[:, :, :3])
+
+
 @settings(max_examples=20)
 @given(nq=st.integers(1, 5), nk=st.integers(1, 5), d=st.integers(1, 3), dv=st.integers(1, 3),
        causal=st.sampled_from([False, True, "top_left"]), masked=st.booleans(), seed=st.integers(0, 2**32 - 1))

@@ -59,6 +59,7 @@ BAD = [
     ("non-bool mask", Q, K, V, {"mask": np.ones((6, 7))}, TypeError, "mask must be boolean"),
     ("mask shape", Q, K, V, {"mask": np.ones((6, 6), bool)}, ValueError, "mask shape .* does not broadcast"),
     ("NaN scale", Q, K, V, {"scale": float("nan")}, ValueError, "scale must be finite"),
+    ("string scale", Q, K, V, {"scale": "2"}, TypeError, "scale must be a real number"),
 ]
 
 
@@ -106,3 +107,79 @@ def test_kernels_refuse_bad_sram_and_stop_after():
         standard_forward(q32, k32, v32, sram="tpu9")
     with pytest.raises(ValueError, match="stop_after must be"):
         standard_forward(q32, k32, v32, sram=4096, stop_after=0)
+
+
+# ---------------------------------------------------------------------------
+# Edges found in issue 19: byte order, overflow, SRAM size, gradient inputs
+# ---------------------------------------------------------------------------
+def _every_kernel(q, k, v, **kw):
+    """{kernel: outputs} of every simulated kernel on (q, k, v) (causal, small M)."""
+    from refattn import flash_backward, flash_forward, sparse_forward, standard_backward, standard_forward
+    from refattn.index_set import IndexSet
+
+    do = np.ones(q.shape[:-1] + (v.shape[-1],), q.dtype)
+    o, lse = attention(q, k, v, causal=True)
+    iset = IndexSet.from_lists(q.shape[-2], k.shape[-2], [[0, 1]] * 2, [[]] * 2, block=4)
+    runs = {
+        "fa1": lambda: flash_forward(q, k, v, sram=300, variant="fa1", causal=True, **kw),
+        "fa2": lambda: flash_forward(q, k, v, sram=300, variant="fa2", causal=True, **kw),
+        "flash_backward": lambda: flash_backward(q, k, v, o, lse, do, sram=600, causal=True, **kw),
+        "standard_forward": lambda: standard_forward(q, k, v, sram=300, causal=True, **kw),
+        "standard_backward": lambda: standard_backward(q, k, v, o, do, sram=300, causal=True, **kw),
+        "sparse": lambda: sparse_forward(q, k, v, iset, sram=300, causal=True, **kw),
+    }
+    return runs
+
+
+def test_big_endian_inputs_are_converted_not_crashed_on():
+    q, k, v = (x[:, :6].astype(np.float32) for x in (Q, K, V))
+    native = {name: run() for name, run in _every_kernel(q, k, v).items()}
+    swapped = _every_kernel(q.astype(">f4"), k.astype(">f4"), v.astype(">f4"))
+    for name, run in swapped.items():
+        res = run()
+        for out, x in native[name].outputs.items():
+            np.testing.assert_array_equal(res.outputs[out], x, err_msg=f"{name}.{out}")
+
+
+def test_overflow_is_refused_naming_the_input():
+    q, k, v = (x[:, :6].astype(np.float32) for x in (Q, K, V))
+    for run in _every_kernel(q, k, v, scale=1e39).values():
+        with pytest.raises(ValueError, match="scale = 1e\\+39 is beyond the range of float32"):
+            run()
+    for run in _every_kernel(q * np.float32(1e20), k * np.float32(1e20), v).values():
+        with pytest.raises(ValueError, match="scores scale \\* q.k could overflow float32"):
+            run()
+    for run in _every_kernel(q, k, np.full_like(v, 3e38)).values():
+        with pytest.raises(ValueError, match="v is too large for float32"):
+            run()
+    # the same values in float64 are computed, and correctly
+    big = _every_kernel(Q[:, :6] * 1e20, K[:, :6] * 1e20, V[:, :6], scale=1e-39)
+    ref, _ = attention(Q[:, :6] * 1e20, K[:, :6] * 1e20, V[:, :6], scale=1e-39, causal=True)
+    np.testing.assert_allclose(big["fa2"]().o, ref, atol=1e-12)
+    np.testing.assert_allclose(big["standard_forward"]().o, ref, atol=1e-12)
+
+
+def test_sram_must_be_a_sane_integer():
+    from refattn import flash_forward
+
+    with pytest.raises(ValueError, match="too large"):
+        flash_forward(Q, K, V, sram=10**19)
+
+
+def test_standard_backward_gradients_follow_the_input_shapes_and_dtypes():
+    from refattn import flash_backward, standard_backward
+    from refattn.reference import attention_backward
+
+    q = rng.standard_normal((2, 40, 16)).astype(np.float32)
+    k = rng.standard_normal((1, 40, 16)).astype(np.float32)  # shared over the batch
+    v = rng.standard_normal((2, 40, 16)).astype(np.float32)
+    do = rng.standard_normal((2, 40, 16)).astype(np.float32)
+    o, lse = attention(q, k, v)  # float64, as the reference returns it
+    want = attention_backward(q, k, v, do)
+    std = standard_backward(q, k, v, o, do, sram=2000)  # o in another float dtype is accepted, like flash's
+    fl = flash_backward(q, k, v, o, lse, do, sram=2000)
+    for res in (std, fl):
+        for got, ref in zip((res.dq, res.dk, res.dv), want):
+            assert got.shape == ref.shape and got.dtype == np.float32
+            np.testing.assert_allclose(got, ref, atol=2e-5)
+    assert std.stopped is False and std.state is None  # a full run is not "stopped"

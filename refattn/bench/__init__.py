@@ -16,6 +16,7 @@ SECTIONS = {
     "sparse": "refattn.bench.sparse",   # MInference: dense FA2 vs sparse kernel
     "vitcod": "refattn.bench.vitcod",   # ViTCoD engines on the DeiT-Tiny mask
     "real": "refattn.bench.real",       # real MiniLM heads under refattn's patterns
+    "accuracy": "refattn.bench.accuracy",  # float32 error of every kernel vs torch SDPA (FA3 outlier protocol)
 }
 
 __all__ = ["SECTIONS", "Table", "run_sections"]

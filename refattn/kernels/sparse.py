@@ -267,7 +267,7 @@ def _index_arrays(index_set, heads, nq, nk):
     if not isinstance(index_set, (list, tuple)):
         bo[:] = index_set.block_offsets
         co[:] = index_set.column_offsets
-        return sets[0].block, bo, index_set.block_indices, co, index_set.column_indices
+        return sets[0].block, bo, index_set.block_indices.copy(), co, index_set.column_indices.copy()
     bbase = cbase = 0
     for h, s in enumerate(sets):
         bo[h] = s.block_offsets + bbase

@@ -14,7 +14,7 @@ restricted to blocks the causal mask leaves at least one entry of
 (``kb * block <= r1 - 1 + off``). The set is therefore a superset of the
 element-level mask by less than one block at each edge; the kernel applies
 the element causal mask. The paper's setting is 1k sink + 4k local; the
-public code's default is 128 + 3968 (ALGORITHMS.md sec. 7).
+public code's default is 128 + 3968 (docs/algorithms.md, MInference).
 """
 
 from __future__ import annotations

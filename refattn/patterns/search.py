@@ -1,4 +1,4 @@
-"""MInference's offline, kernel-aware pattern search (ALGORITHMS.md sec. 7).
+"""MInference's offline, kernel-aware pattern search (docs/algorithms.md, MInference).
 
 For every head of a ``(heads, N, d)`` input, build each candidate pattern's
 index set *on that head's own q, k* (online index building, as at inference),

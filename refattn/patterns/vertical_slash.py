@@ -1,6 +1,6 @@
 """Vertical-Slash pattern (MInference): key columns plus diagonals, estimated from the last queries.
 
-Estimate (float32, causal bottom-right, ``off = nk - nq``; ALGORITHMS.md sec. 7)::
+Estimate (float32, causal bottom-right, ``off = nk - nq``; docs/algorithms.md, MInference)::
 
     L = min(last_q, nq) last query rows, i = nq - L .. nq - 1
     A = softmax(scale * Q[-L:] K^T)  with the causal mask (only the last L x L corner is cut)

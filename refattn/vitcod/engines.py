@@ -1,7 +1,7 @@
 """ViTCoD's two engines on the shared PE-array model: refattn's own cycle model.
 
 Hardware (:class:`Hardware`, defaults from the public ViTCoD simulator,
-ALGORITHMS.md section 8): ``lines`` MAC lines of ``macs_per_line`` = 8 MACs,
+docs/algorithms.md, ViTCoD): ``lines`` MAC lines of ``macs_per_line`` = 8 MACs,
 500 MHz, 76.8 GB/s off-chip (GiB, as their code computes it), 8-bit data,
 buffers of 53 KB for each of Q, K, V, 20 KB for indices, 108 KB for outputs.
 

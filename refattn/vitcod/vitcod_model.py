@@ -1,4 +1,4 @@
-"""The public ViTCoD simulator's cycle model, restated (ALGORITHMS.md section 8), for comparison.
+"""The public ViTCoD simulator's cycle model, restated (docs/algorithms.md, ViTCoD), for comparison.
 
 This mode reproduces *their* counting so that our numbers can be set beside
 theirs; :mod:`refattn.vitcod.engines` is refattn's own model. Per layer it
