@@ -187,3 +187,16 @@ def test_bad_variants_are_refused_before_any_work():
         flash_forward(q, k, k, sram=500, num_kv_heads=3)
     with pytest.raises(ValueError, match="window"):
         flash_backward(q, q, q, q, np.zeros((4, 6)), q, sram=900, window=(-3, 0))
+
+
+def test_parallel_fa2_driver_agrees_with_the_serial_one_on_variants():
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((4, 512, 16))
+    k, v = rng.standard_normal((2, 512, 16)), rng.standard_normal((2, 512, 16))
+    kw = dict(sram=6000, num_kv_heads=2, window=(100, 7), softcap=4.0, alibi_slopes=np.linspace(0.01, 0.1, 4))
+    fast = flash_forward(q, k, v, **kw)  # untraced and big enough: the parallel driver
+    serial = flash_forward(q, k, v, trace=True, **kw)
+    np.testing.assert_array_equal(fast.o, serial.o)
+    assert fast.traffic.reads == serial.traffic.reads and fast.traffic.writes == serial.traffic.writes
+    np.testing.assert_allclose(fast.o, attention(q, k, v, **{n: x for n, x in kw.items() if n != "sram"})[0],
+                               atol=1e-12)
