@@ -24,7 +24,8 @@ Conventions (see README):
   mask and bias; None or 0 = off), ``alibi_slopes`` (bias
   ``-slope * |i + Nk - Nq - j|``, one slope per head), ``cu_seqlens_q`` /
   ``cu_seqlens_k`` (packed variable-length batch; padding rows give 0 and
-  lse -inf). The lse is that of the final scores (capped, biased, masked).
+  lse -inf), ``bias`` (a finite additive score bias, added with ALiBi's).
+  The lse is that of the final scores (capped, biased, masked).
 
 Math (docs/algorithms.md)::
 
@@ -92,7 +93,7 @@ def combined_mask(nq: int, nk: int, causal=False, mask=None, *, window=None, cu_
 
 
 def attention_probs(q, k, *, scale=None, causal=False, mask=None, num_kv_heads=None, window=None, softcap=None,
-                    alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None):
+                    alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, bias=None):
     """Return ``(P, lse)``: the float64 softmax probabilities and log-sum-exp.
 
     P has shape ``(..., Nq, Nk)``; rows with no visible key are all zero and
@@ -100,7 +101,7 @@ def attention_probs(q, k, *, scale=None, causal=False, mask=None, num_kv_heads=N
     """
     var = check_variants(q, k, k, num_kv_heads=num_kv_heads, window=window, softcap=softcap,
                          alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                         where="reference.attention_probs")
+                         bias=bias, where="reference.attention_probs")
     q64, k64, _ = _as64(q, k, None)
     if var.num_kv_heads is not None:
         k64 = expand_kv(k64, q64.shape[-3])
@@ -117,6 +118,8 @@ def _probs(q64, k64, scale, causal, mask, var):
     s = capped
     if var.alibi_slopes is not None:
         s = s + alibi_bias(var.alibi_slopes, nq, nk, var.cu_seqlens_q, var.cu_seqlens_k)
+    if var.bias is not None:
+        s = s + var.bias
     if keep is not None:
         s = np.where(keep, s, -np.inf)
     m = s.max(axis=-1, keepdims=True)
@@ -141,25 +144,27 @@ def _checked(q, k, v, where, mask, causal, **variants):
 
 
 def attention(q, k, v, *, scale=None, causal=False, mask=None, num_kv_heads=None, window=None, softcap=None,
-              alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None):
+              alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, bias=None):
     """Exact attention in float64. Returns ``(o, lse)``.
 
     ``o``: ``(..., Nq, dv)`` float64; ``lse``: ``(..., Nq)`` float64 (natural log).
     Variants (module docstring, ``docs/variants.md``): ``num_kv_heads``
     (q ``(..., Hq, Nq, d)``, k and v ``(..., Hkv, Nk, .)``), ``window``,
     ``softcap``, ``alibi_slopes`` (broadcast over the leading dims, last axis =
-    query heads), ``cu_seqlens_q`` / ``cu_seqlens_k`` (packed tokens on axis -2).
+    query heads), ``cu_seqlens_q`` / ``cu_seqlens_k`` (packed tokens on axis -2),
+    ``bias`` (finite, broadcastable to ``(..., Nq, Nk)``, added to the scores
+    after the softcap, with the ALiBi bias).
     """
     var, q64, k64, v64 = _checked(q, k, v, "reference.attention", mask, causal, num_kv_heads=num_kv_heads,
                                   window=window, softcap=softcap, alibi_slopes=alibi_slopes,
-                                  cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+                                  cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, bias=bias)
     p, lse, _ = _probs(q64, k64, _default_scale(q64.shape[-1], scale), causal, mask, var)
     o = np.einsum("...ij,...jd->...id", p, v64)
     return o, lse
 
 
 def attention_backward(q, k, v, do, *, scale=None, causal=False, mask=None, num_kv_heads=None, window=None,
-                       softcap=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None):
+                       softcap=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None, bias=None):
     """Exact gradients of ``sum(O * dO)`` in float64. Returns ``(dq, dk, dv)``.
 
     ``do`` has the shape of the output o (leading dims broadcast from q, k, v);
@@ -170,7 +175,8 @@ def attention_backward(q, k, v, do, *, scale=None, causal=False, mask=None, num_
     """
     var, q64, k64, v64 = _checked(q, k, v, "reference.attention_backward", mask, causal,
                                   num_kv_heads=num_kv_heads, window=window, softcap=softcap,
-                                  alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+                                  alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                                  bias=bias)
     do64 = np.asarray(do, dtype=np.float64)
     lead = np.broadcast_shapes(q64.shape[:-2], k64.shape[:-2], v64.shape[:-2])
     expected = lead + (q64.shape[-2], v64.shape[-1])  # the shape of o (leading dims broadcast)

@@ -27,6 +27,9 @@ bottom-right aligned) and ``pos_k(j) = j``. Then:
   ``cu_q[-1]`` and keys after ``cu_k[-1]`` are padding: a padding query row
   sees no key (output 0, lse -inf, gradient 0) and a padding key is seen by no
   query (its dk and dv are 0).
+* **bias**: a finite additive score bias broadcastable to ``(..., Nq, Nk)``
+  (what PyTorch SDPA's float ``attn_mask`` and FlashAttention's test reference
+  ``attn_bias`` add), added with the ALiBi bias, after the softcap.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Variants:
     alibi_slopes: np.ndarray | None = None
     cu_seqlens_q: np.ndarray | None = None
     cu_seqlens_k: np.ndarray | None = None
+    bias: np.ndarray | None = None
 
     @property
     def varlen(self) -> bool:
@@ -176,8 +180,26 @@ def _check_alibi(slopes, lead, where):
     return a
 
 
+def _check_bias(bias, target, where):
+    if bias is None:
+        return None
+    a = np.asarray(bias)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise TypeError(f"{where}: bias must be a floating-point array, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{where}: bias contains NaN or Inf (hide keys with mask, not with -inf in bias)")
+    try:
+        ok = np.broadcast_shapes(a.shape, target) == tuple(target)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{where}: bias shape {a.shape} does not broadcast to {tuple(target)}")
+    return a
+
+
 def check_variants(q, k, v, *, num_kv_heads=None, window=None, softcap=None, alibi_slopes=None,
-                   cu_seqlens_q=None, cu_seqlens_k=None, where="attention") -> Variants:
+                   cu_seqlens_q=None, cu_seqlens_k=None, bias=None, where="attention") -> Variants:
     """Validate the variant arguments against the shapes of q, k, v; return :class:`Variants`.
 
     Shapes are those of the inputs before any GQA expansion. Bad arguments get
@@ -196,7 +218,8 @@ def check_variants(q, k, v, *, num_kv_heads=None, window=None, softcap=None, ali
     except ValueError:  # check_attention_inputs names this problem
         lead = qs[:-2]
     slopes = _check_alibi(alibi_slopes, lead, where)
-    return Variants(nkv, win, cap, slopes, cu_q, cu_k)
+    extra = _check_bias(bias, tuple(lead) + (qs[-2], ks[-2]), where)
+    return Variants(nkv, win, cap, slopes, cu_q, cu_k, extra)
 
 
 # ---------------------------------------------------------------------------

@@ -261,3 +261,24 @@ def test_bad_variant_arguments_are_refused_by_name(kwargs, match):
     kwargs.setdefault("num_kv_heads", 2)
     with pytest.raises((ValueError, TypeError), match=match):
         attention(q, k, v, **kwargs)
+
+
+def test_bias_is_added_after_the_softcap_like_alibi():
+    rng = np.random.default_rng(8)
+    q, k, v = rng.standard_normal((2, 3, 4, 2)), rng.standard_normal((2, 3, 5, 2)), rng.standard_normal((2, 3, 5, 2))
+    slopes = rng.uniform(0, 1, 3)
+    dist = np.abs(np.arange(4)[:, None] + 1 - np.arange(5)[None, :])
+    as_bias = -slopes[:, None, None] * dist
+    for kw in (dict(), dict(softcap=1.5, window=(2, 1))):
+        o, lse = attention(q, k, v, alibi_slopes=slopes, **kw)
+        o_b, lse_b = attention(q, k, v, bias=as_bias, **kw)
+        np.testing.assert_allclose(o_b, o, atol=1e-14)
+        np.testing.assert_allclose(lse_b, lse, atol=1e-14)
+        do = rng.standard_normal(o.shape)
+        for g, g_b in zip(attention_backward(q, k, v, do, alibi_slopes=slopes, **kw),
+                          attention_backward(q, k, v, do, bias=as_bias, **kw)):
+            np.testing.assert_allclose(g_b, g, atol=1e-13)
+    with pytest.raises(ValueError, match="bias contains NaN"):
+        attention(q, k, v, bias=np.full((4, 5), -np.inf))
+    with pytest.raises(ValueError, match="bias shape"):
+        attention(q, k, v, bias=np.zeros((4, 4)))
