@@ -28,6 +28,7 @@ _EXPORTS = {
     "minference_forward": "refattn.patterns.minference",
     "simulate_gemm": "refattn.pe_array",
     "split_attention": "refattn.vitcod.reorder",
+    "vitcod_forward": "refattn.vitcod.kernel",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

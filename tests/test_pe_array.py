@@ -83,3 +83,66 @@ def test_utilisation_full_when_array_fits_exactly_and_T_long():
     r = simulate_gemm(8, 8, 10_000, rows=8, cols=8, dataflow="os")
     assert 0.99 < r.utilization <= 1.0
     assert np.isclose(r.mapping_efficiency, 1.0)
+
+
+SMALL = [(5, 3, 6, 3, 2), (7, 4, 3, 2, 3), (4, 9, 5, 4, 4), (1, 1, 1, 2, 2)]
+
+
+@pytest.mark.parametrize("df", ["os", "ws", "is"])
+@pytest.mark.parametrize("m, n, k, rows, cols", SMALL)
+def test_view_summed_over_cycles_equals_the_counts(df, m, n, k, rows, cols):
+    """fold_view (what crosses the edges each cycle) summed over the run = simulate_gemm's counts."""
+    r = simulate_gemm(m, n, k, rows=rows, cols=cols, dataflow=df)
+    steps = list(r.steps())
+    a_op, b_op = ("A", "B")
+    edge = {"A": 0, "B": 0, "C": 0}
+    for s in steps:
+        edge[s.left_operand] += int((s.left[:, 0] >= 0).sum())
+        if s.top_operand != "none":
+            edge[s.top_operand] += int((s.top[:, 0] >= 0).sum())
+        if s.bottom_operand != "none":
+            edge[s.bottom_operand] += int((s.bottom[:, 0] >= 0).sum())
+    assert edge[a_op] == r.sram_reads["A"] and edge[b_op] == r.sram_reads["B"]
+    if df != "os":  # os drains C at the end of a fold (plus SCALE-Sim's R + C bookkeeping)
+        assert edge["C"] == r.sram_writes["C"]
+    assert sum(int(s.active.sum()) for s in steps) == m * n * k == steps[-1].macs_done
+    # macs_done is the running sum of the active PEs
+    assert all(b.macs_done - a.macs_done == int(b.active.sum()) for a, b in zip(steps, steps[1:]))
+
+
+def test_state_at_computes_a_fold_directly():
+    r = simulate_gemm(100, 37, 20, rows=8, cols=8, dataflow="ws")
+    cyc = 7 * r.cycles_per_fold + r.rows + 3  # fold 7, stream cycle 3
+    s = r.state_at(cyc)
+    f = r.fold(7)
+    # ws: Sr = K = 20 (3 row folds), Sc = N = 37 (5 column folds); fold 7 = column fold 2, row fold 1
+    assert s.fold == 7 and s.phase == "stream" and f.row_range == (8, 16) and f.col_range == (16, 24)
+    assert tuple(s.left[0]) == (3, 8) and s.active[0, 0] and s.active[3, 0] and not s.active[4, 0]
+    assert tuple(s.stationary[2, 1]) == (10, 17)  # ws: PE (2, 1) holds B[kk = 10, j = 17]
+    # before fold 7: two whole column folds (20 x 8 PEs-worth each) and one row fold of 8 x 8, T = 100 each
+    in_fold = sum(max(0, min(4 - r_ - c_, 100)) for r_ in range(8) for c_ in range(8))  # stream cycle 3
+    assert s.macs_done == 100 * (20 * 16 + 8 * 8) + in_fold
+    with pytest.raises(ValueError, match="cycle must be"):
+        r.state_at(r.cycles)
+
+
+def test_huge_gemm_counts_fold_kinds_not_folds():
+    """131072 x 131072 x 128 on 8 x 8 has 2^28 folds; the count adds four kinds of fold at most."""
+    import time
+
+    from refattn import pe_array
+
+    t0 = time.process_time()
+    r = simulate_gemm(131072, 131072, 128, rows=8, cols=8)
+    assert time.process_time() - t0 < 1.0
+    assert r.folds == 2**28 and r.cycles == 2**28 * (128 + 8 + 8 - 2) - 1
+    assert len(pe_array.fold_kinds(131072, 131072, 8, 8)) == 1 and len(pe_array.fold_kinds(13, 9, 8, 8)) == 4
+    odd = simulate_gemm(13, 9, 5, rows=8, cols=8, dataflow="is")
+    assert odd.cycles == sum(f.cycles for f in odd.fold_list()) - 1
+
+
+def test_fold_counts_jitted_equals_python():
+    from refattn.pe_array import fold_counts
+
+    for df in range(3):
+        assert fold_counts(df, 3, 5, 7, 8, 8) == fold_counts.py_func(df, 3, 5, 7, 8, 8)

@@ -1,4 +1,4 @@
-"""ViTCoD's Q/K auto-encoder: a linear code over the *heads* axis (docs/algorithms.md, ViTCoD).
+"""ViTCoD's Q/K auto-encoder: a linear code over the *heads* axis (docs/vitcod.md).
 
 At every (token, channel) position the H head values of Q (and, separately,
 of K) form a vector x in R^H. The encoder E (Hc x H) sends z = E x, Hc =

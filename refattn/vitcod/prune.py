@@ -1,6 +1,6 @@
 """ViTCoD pruning: one fixed mask per (layer, head) from attention maps averaged over inputs.
 
-docs/algorithms.md, ViTCoD. For each query row of the averaged map, keep the
+docs/vitcod.md. For each query row of the averaged map, keep the
 highest-probability keys until their cumulative probability reaches
 ``cutoff`` (a per-row top-p rule, so the number kept varies by row and head);
 the CLS row and column (token 0) are never pruned. The mask is then used, fixed,

@@ -1,6 +1,6 @@
 """ViTCoD split and conquer: global tokens to the front, then a dense part and a sparse part.
 
-docs/algorithms.md, ViTCoD. For a square keep-mask (N x N, True = kept):
+docs/vitcod.md. For a square keep-mask (N x N, True = kept):
 
 1. A key column with more than ``threshold`` kept entries is a *global token*
    (50 of 197 rows in the public ViTCoD code; scaled with N here by default).

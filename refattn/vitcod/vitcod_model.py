@@ -1,7 +1,7 @@
-"""The public ViTCoD simulator's cycle model, restated (docs/algorithms.md, ViTCoD), for comparison.
+"""The public ViTCoD simulator's cycle model, restated (docs/vitcod.md), for comparison.
 
 This mode reproduces *their* counting so that our numbers can be set beside
-theirs; :mod:`refattn.vitcod.engines` is refattn's own model. Per layer it
+theirs; :mod:`refattn.vitcod.kernel` is refattn's own, counted model. Per layer it
 looks at one head's mask only (head 0 in their runs) and treats the H heads as
 running in parallel, each with ``lines / H`` lines. With N tokens, head dim d,
 G global tokens and nnz kept entries in the sparse part (columns >= G after
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn.vitcod.engines import Hardware
+from refattn.vitcod.hardware import Hardware
 from refattn.vitcod.reorder import split_mask
 
 __all__ = ["PUBLISHED_LOG", "PUBLISHED_TOTALS", "VitcodLayer", "vitcod_public_layer", "vitcod_public_network"]

@@ -20,6 +20,7 @@ from refattn.kernels.flash_backward import flash_backward
 from refattn.kernels.sparse import sparse_forward
 from refattn.kernels.standard import standard_backward, standard_forward
 from refattn.memory import Traffic
+from refattn.vitcod import Hardware, vitcod_forward
 
 NQ, NK, D = 13, 11, 4
 
@@ -50,6 +51,12 @@ def _run(kernel, seed, **kw):
     if kernel == "standard_backward":
         o, _ = reference.attention(q, k, v, causal=True)
         return standard_backward(q, k, v, o, do, sram=60, causal=True, **kw)
+    if kernel == "vitcod":  # self-attention (Nq = Nk); 16-bit data so bytes match the trace replay's default
+        mask = np.random.default_rng(seed).random((2, NQ, NQ)) < 0.3
+        mask[:, :, 3] = True  # one global token: both engines have work
+        kq = q[:, ::-1].copy()
+        return vitcod_forward(q, kq, np.concatenate([kq, q[..., :1]], -1), mask, hw=Hardware(data_bytes=2),
+                              threshold=6, **kw)
     return sparse_forward(q, k, v, _sparse_set(), sram=200, causal=False, **kw)
 
 
@@ -61,6 +68,8 @@ KERNELS = {  # kernel -> (its name in messages, its phases, its documented state
     "standard_backward": ("standard_backward", {"B1 dV=P^T dO", "B2 dP=dO V^T", "B3 dS", "B4 dQ=dS K",
                                                 "B5 dK=dS^T Q"}, {"accumulator", "hbm"}),
     "sparse": ("sparse_forward", {"key blocks", "columns"}, {"m", "l", "o_partial", "o_normalised"}),
+    "vitcod": ("vitcod_forward/split", {"load", "SDDMM", "softmax", "SpMM", "store"},
+               {"m", "l", "o_partial", "line_engine", "line_entries", "line_cycles", "pieces", "counters"}),
 }
 
 

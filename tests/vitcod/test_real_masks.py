@@ -58,5 +58,5 @@ def test_bench_real_table_skips_with_a_note_without_the_extra(monkeypatch, capsy
         raise ImportError("refattn.data.real needs the [real] extra")
 
     monkeypatch.setattr(real_masks, "minilm_fixed_masks", missing)
-    assert bench._real_table(Hardware()) is None
+    assert bench.real_table(Hardware()) is None
     assert "real MiniLM masks skipped" in capsys.readouterr().out
