@@ -200,3 +200,15 @@ def test_parallel_fa2_driver_agrees_with_the_serial_one_on_variants():
     assert fast.traffic.reads == serial.traffic.reads and fast.traffic.writes == serial.traffic.writes
     np.testing.assert_allclose(fast.o, attention(q, k, v, **{n: x for n, x in kw.items() if n != "sram"})[0],
                                atol=1e-12)
+
+
+def test_softcap_backward_keeps_its_dtanh_tile_on_chip_and_says_so():
+    rng = np.random.default_rng(6)
+    q, k, v, do = (rng.standard_normal((20, 4)) for _ in range(4))
+    o, lse = attention(q, k, v, softcap=2.0)
+    res = flash_backward(q, k, v, o, lse, do, sram=600, softcap=2.0, trace=True)
+    plain = flash_backward(q, k, v, o, lse, do, sram=600, block=(res.plan.blocks["Br"], res.plan.blocks["Bc"]))
+    br, bc = res.plan.blocks["Br"], res.plan.blocks["Bc"]
+    assert res.plan.footprint["dtanh_ij"] == br * bc and plain.plan.footprint["dtanh_ij"] == 0
+    assert any(e.kind == "compute" and e.tensor == "dtanh" for e in res.trace.events)
+    assert res.traffic.reads == plain.traffic.reads  # the cap costs on-chip space, no HBM traffic
