@@ -4,7 +4,8 @@
   FlashAttention-2, forward and backward (autograd), any N and head dim <= 256.
 * :func:`sparse_attention` ``(q, k, v, index_set, *, causal=True, scale=None) -> (o, lse)``:
   the sparse forward on refattn's :class:`refattn.index_set.IndexSet`.
-* :func:`vertical_slash_index` builds MInference's vertical-slash index set on the device.
+* :func:`vertical_slash_index` builds MInference's vertical-slash index set on the device (Triton kernels,
+  no host sync; :func:`graphed_vertical_slash_index` replays it as one CUDA graph).
 * ``python -m gpu_optional.bench`` prints and writes the GPU benchmark.
 
 ``refattn`` never imports this package; this package imports only the pure-NumPy
@@ -25,6 +26,7 @@ _EXPORTS = {
     "to_device": "gpu_optional.sparse",
     "vertical_slash_index": "gpu_optional.index_build",
     "vertical_slash_estimate": "gpu_optional.index_build",
+    "graphed_vertical_slash_index": "gpu_optional.index_build",
 }
 
 __all__ = sorted(_EXPORTS)

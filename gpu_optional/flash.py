@@ -199,7 +199,9 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qn, stride_don, offs_n,
 
 
 @triton.autotune(
-    configs=configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3)], (64, 128, 8, 3), (16, 32, 4, 1)),
+    # (128, 128, 8, 2): picked for causal d = 128 on the H200 (benchmarks/h200_dense_ab.log)
+    configs=configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)], (64, 128, 8, 3),
+                    (16, 32, 4, 1)),
     key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC"],  # tuned once per head dim; the bench tunes at N = 8192
     prune_configs_by={"early_config_prune": prune_for_head_dim},
 )
@@ -273,7 +275,9 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d
 
 
 @triton.autotune(
-    configs=configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3)], (128, 64, 8, 3), (32, 16, 4, 1)),
+    # (128, 128, 8, 2): picked for non-causal d = 128 on the H200 (benchmarks/h200_dense_ab.log)
+    configs=configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)], (128, 64, 8, 3),
+                    (32, 16, 4, 1)),
     key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC"],  # tuned once per head dim; the bench tunes at N = 8192
     prune_configs_by={"early_config_prune": prune_for_head_dim},
 )

@@ -1,23 +1,38 @@
-"""MInference vertical-slash index building on the device (torch ops, batched over heads).
+"""MInference vertical-slash index building on the device: Triton kernels, no host sync, all heads at once.
 
 Same function as ``refattn.patterns.vertical_slash`` (read its docstring for the
-choices), for every batch*head at once, so a whole prefill step stays on the GPU:
+choices), for every batch*head z at once, so a whole prefill step stays on the GPU.
+Four stages, each a fixed number of launches whose sizes are known up front
+(``L = min(last_q, Nq)`` estimated rows, ``off = Nk - Nq``, row r sees keys
+``j <= qi[r] = Nk - L + r``)::
 
-1. **Estimate** (float32): ``A = softmax(scale * Q[-L:] K^T)`` with the causal
-   mask, ``L = min(last_q, Nq)``. Vertical score of column c: ``sum_i A[i, c]``;
-   slash score of offset ``delta = i + off - j``: the sum of A along that
-   diagonal (gathered row by row, deterministic). ``off = Nk - Nq``.
-2. **Top-k**: the first ``force_vertical`` columns and the nearest
-   ``force_slash`` offsets score +inf; a stable sort keeps the top
-   ``max(vertical_size, 30)`` columns and ``max(slash_size, 50)`` offsets
-   (clamped to Nk; ties go to the lower index).
-3. **Index set**: per query block ``[m0, m1)`` (``last = m1 - 1 + off``), key
-   block kb is listed iff some chosen offset's key range ``[m0 + off - delta,
-   last - delta]`` (clipped to [0, Nk)) meets it, i.e. iff a chosen delta lies in
-   ``[max(m0 + off - kb*b - b + 1, m0 + off - Nk + 1), last - kb*b]``: one
-   prefix-count lookup per (query block, key block). Chosen columns ``c <= last``
-   outside the listed blocks become single columns. The same sets as merging
-   the diagonal ranges and covering each merged range with aligned blocks.
+    1 _est_stats  grid (chunks, Z): online max m and sum l of scale*Q[-L:]K^T over a chunk of keys
+    2 _est_probs  grid (Nk / BN, Z): merge the chunks' (m, l); P = exp(S - m) / l  (float32, causal),
+                  write P (Z, L, Nk); vertical[c] = sum_r P[r, c] (each program owns its columns)
+    3 _slash      grid (Nk / BS, Z): slash[delta] = sum_r P[r, qi[r] - delta]   (gathered along the
+                  diagonal, deterministic: no atomics)
+    4 top-k       one torch.topk over both score rows, on unique 64-bit keys (score bits << 32 | ~index),
+                  then one sort of the winners: ties go to the lower index exactly as the CPU's stable
+                  sort; the first ``force_*`` indices score +inf
+    5 _vs_index   grid (Nq / block, Z), run twice: COUNT the key blocks and single columns of each
+                  query block, one cumsum gives the CSR offsets, then WRITE them there
+
+Stage 5, per query block [m0, m1) (``last = m1 - 1 + off``). Chosen diagonal delta covers keys
+``[max(m0 + off - delta, 0), min(last - delta, Nk - 1)]``: a range narrower than a block, so it touches
+key blocks ``A = lo // block`` and ``B = hi // block`` (B is A or A + 1). Walking the chosen deltas in
+*descending* order makes A and B non-decreasing, so the sorted, duplicate-free block list is::
+
+    emit A_i  unless A_i == A_{i-1} or A_i == B_{i-1}
+    emit B_i  unless B_i == A_i or B_i == B_{i-1}
+
+positions by a prefix sum over the emits. This is the CPU's "merge the ranges, cover each merged range
+with aligned blocks" (a merged range's blocks are exactly those its pieces touch). A chosen column
+``c <= last`` is a single column unless its block is listed: block kb is listed iff a chosen delta lies
+in ``[max(m0 + off - kb*block - block + 1, m0 + off - Nk + 1), last - kb*block]``: a binary search in
+the sorted chosen deltas.
+
+The index arrays are sized by the upper bounds (``min(2 * slash, Nk / block)`` blocks and ``vertical``
+columns per query block), so no size travels to the host; only the first ``offsets[-1]`` entries are used.
 """
 
 from __future__ import annotations
@@ -25,11 +40,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import triton
+import triton.language as tl
 
+from gpu_optional._common import block_dim, precision
 from gpu_optional.sparse import DeviceIndexSet
 from refattn.validation import check_scale
 
-__all__ = ["VerticalSlashIndex", "vertical_slash_estimate", "vertical_slash_index"]
+__all__ = ["VerticalSlashIndex", "vertical_slash_estimate", "vertical_slash_index", "graphed_vertical_slash_index"]
 
 MIN_VERTICAL, MIN_SLASH = 30, 50
 
@@ -37,60 +55,238 @@ MIN_VERTICAL, MIN_SLASH = 30, 50
 @dataclass(frozen=True)
 class VerticalSlashIndex:
     index_set: DeviceIndexSet
-    columns: torch.Tensor          # (Z, vertical_size) chosen key columns, sorted
-    offsets: torch.Tensor          # (Z, slash_size) chosen diagonal offsets, sorted
-    vertical_scores: torch.Tensor  # (Z, Nk) float64
-    slash_scores: torch.Tensor     # (Z, Nk) float64, by offset delta
+    columns: torch.Tensor          # (Z, vertical_size) chosen key columns, sorted, int64
+    offsets: torch.Tensor          # (Z, slash_size) chosen diagonal offsets, sorted, int64
+    vertical_scores: torch.Tensor  # (Z, Nk) float32
+    slash_scores: torch.Tensor     # (Z, Nk) float32, by offset delta
 
 
+# ---------------------------------------------------------------- 1-3: estimate and scores
+@triton.jit
+def _load_last_rows(Q, stride_qn, rows, N_Q, L, offs_d, D: tl.constexpr):
+    """The last L query rows, (LP, BLOCK_D); padded rows and lanes read 0."""
+    return tl.load(Q + (N_Q - L + rows)[:, None] * stride_qn + offs_d[None, :],
+                   mask=(rows[:, None] < L) & (offs_d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _scores(q, K, stride_kn, offs_n, offs_d, rows, N_K, L, scale,
+            D: tl.constexpr, PREC: tl.constexpr):
+    """scale * q K[offs_n]^T with the causal mask (j <= Nk - L + r): -inf where hidden. (LP, BN) float32."""
+    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :],
+                mask=(offs_n[:, None] < N_K) & (offs_d[None, :] < D), other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
+    keep = (offs_n[None, :] <= (N_K - L + rows)[:, None]) & (offs_n[None, :] < N_K) & (rows[:, None] < L)
+    return tl.where(keep, s, float("-inf"))
+
+
+@triton.jit
+def _est_stats(Q, K, MPART, LPART, stride_qz, stride_qn, stride_kz, stride_kn,
+               N_Q, N_K, L, keys_per_chunk, scale,
+               D: tl.constexpr, BLOCK_D: tl.constexpr, LP: tl.constexpr, BN: tl.constexpr,
+               NCHUNK: tl.constexpr, PREC: tl.constexpr):
+    chunk = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    rows = tl.arange(0, LP)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_last_rows(Q + z * stride_qz, stride_qn, rows, N_Q, L, offs_d, D)
+    m = tl.full([LP], float("-inf"), tl.float32)
+    l = tl.zeros([LP], tl.float32)
+    lo = chunk * keys_per_chunk
+    hi = tl.minimum(lo + keys_per_chunk, N_K)
+    for start in range(lo, hi, BN):
+        s = _scores(q, K + z * stride_kz, stride_kn, start + tl.arange(0, BN), offs_d, rows, N_K, L, scale, D, PREC)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)          # a row with no key yet
+        l = l * tl.exp(m - shift) + tl.sum(tl.exp(s - shift[:, None]), 1)
+        m = m_new
+    tl.store(MPART + (z * NCHUNK + chunk) * LP + rows, m)
+    tl.store(LPART + (z * NCHUNK + chunk) * LP + rows, l)
+
+
+@triton.jit
+def _score_key(score, idx, FORCED):
+    """Unique int64 sort key: score bits (monotone for score >= 0) then lower index first; forced -> +inf."""
+    score = tl.where(idx < FORCED, float("inf"), score)
+    bits = score.to(tl.int32, bitcast=True).to(tl.int64)
+    return (bits << 32) + (2147483647 - idx.to(tl.int64))
+
+
+@triton.jit
+def _est_probs(Q, K, MPART, LPART, P, VERT, VKEY, stride_qz, stride_qn, stride_kz, stride_kn,
+               N_Q, N_K, L, scale, FORCED,
+               D: tl.constexpr, BLOCK_D: tl.constexpr, LP: tl.constexpr, BN: tl.constexpr,
+               NCHUNK: tl.constexpr, PREC: tl.constexpr):
+    nb = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    rows = tl.arange(0, LP)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = nb * BN + tl.arange(0, BN)
+    # merge the chunks: M = max_c m_c, tot = sum_c l_c exp(m_c - M)
+    part = (z * NCHUNK + tl.arange(0, NCHUNK))[:, None] * LP + rows[None, :]            # (NCHUNK, LP)
+    m_c = tl.load(MPART + part)
+    big = tl.max(m_c, 0)
+    shift = tl.where(big == float("-inf"), 0.0, big)
+    tot = tl.sum(tl.load(LPART + part) * tl.exp(m_c - shift[None, :]), 0)             # (LP,)
+    q = _load_last_rows(Q + z * stride_qz, stride_qn, rows, N_Q, L, offs_d, D)
+    s = _scores(q, K + z * stride_kz, stride_kn, offs_n, offs_d, rows, N_K, L, scale, D, PREC)
+    p = tl.exp(s - shift[:, None]) / tl.where(tot > 0, tot, 1.0)[:, None]               # hidden: exp(-inf) = 0
+    tl.store(P + (z * L + rows[:, None]) * N_K + offs_n[None, :], p,
+             mask=(rows[:, None] < L) & (offs_n[None, :] < N_K))
+    vert = tl.sum(p, 0)                                                                   # (BN,)
+    tl.store(VERT + z * N_K + offs_n, vert, mask=offs_n < N_K)
+    tl.store(VKEY + z * N_K + offs_n, _score_key(vert, offs_n, FORCED), mask=offs_n < N_K)
+
+
+@triton.jit
+def _slash(P, SLASH, SKEY, N_K, L, FORCED, LP: tl.constexpr, BS: tl.constexpr):
+    nb = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    rows = tl.arange(0, LP)
+    delta = nb * BS + tl.arange(0, BS)
+    col = (N_K - L + rows)[:, None] - delta[None, :]                                      # (LP, BS)
+    ok = (rows[:, None] < L) & (col >= 0) & (delta[None, :] < N_K)
+    g = tl.load(P + (z * L + rows[:, None]) * N_K + col, mask=ok, other=0.0)
+    sl = tl.sum(g, 0)
+    tl.store(SLASH + z * N_K + delta, sl, mask=delta < N_K)
+    tl.store(SKEY + z * N_K + delta, _score_key(sl, delta, FORCED), mask=delta < N_K)
+
+
+# ---------------------------------------------------------------- 5: the index set
+@triton.jit
+def _diag_blocks(OFFS, idx, S, m0, last, OFF, N_K, BLOCK: tl.constexpr):
+    """Key blocks A, B touched by the idx-th largest chosen delta for rows [m0, ...]; ok: range not empty."""
+    valid = (idx >= 0) & (idx < S)
+    delta = tl.load(OFFS + (S - 1 - idx), mask=valid, other=0)
+    lo = tl.maximum(m0 + OFF - delta, 0)
+    hi = tl.minimum(last - delta, N_K - 1)
+    ok = valid & (hi >= lo)
+    return tl.where(ok, lo, 0) // BLOCK, tl.where(ok, hi, 0) // BLOCK, ok
+
+
+@triton.jit
+def _first_at_least(OFFS, S, x, S_PAD: tl.constexpr, LOG_S: tl.constexpr):
+    """Per lane: the index of the first of the S <= S_PAD sorted values OFFS[0 : S] that is >= x (S if none).
+
+    Binary search for the count of values < x, steps S_PAD, S_PAD / 2, ..., 1 (LOG_S = log2(S_PAD) + 1 of
+    them): each a gather from a small array that stays in cache."""
+    lo = tl.zeros_like(x)
+    for i in tl.static_range(LOG_S):
+        probe = lo + ((S_PAD >> i) - 1)
+        below = (probe < S) & (tl.load(OFFS + probe, mask=probe < S, other=0) < x)
+        lo = tl.where(below, lo + (S_PAD >> i), lo)
+    return lo
+
+
+@triton.jit
+def _vs_index(OFFS, COLS, COUNTS, CSR_B, CSR_C, BIDX, CIDX,
+              N_Q, N_K, OFF, S, V, n_rows,
+              BLOCK: tl.constexpr, S_PAD: tl.constexpr, LOG_S: tl.constexpr, V_PAD: tl.constexpr,
+              LOG_V: tl.constexpr, BLOCK_C: tl.constexpr, WRITE: tl.constexpr):
+    qb = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    row = z * tl.num_programs(0) + qb
+    m0 = qb * BLOCK
+    last = tl.minimum(m0 + BLOCK, N_Q) - 1 + OFF
+    # ---- key blocks from the chosen diagonals, walked in descending delta
+    i = tl.arange(0, S_PAD)
+    a, b, ok = _diag_blocks(OFFS + z * S, i, S, m0, last, OFF, N_K, BLOCK)
+    a_prev, b_prev, ok_prev = _diag_blocks(OFFS + z * S, i - 1, S, m0, last, OFF, N_K, BLOCK)
+    emit_a = (ok & ~(ok_prev & ((a == a_prev) | (a == b_prev)))).to(tl.int32)
+    emit_b = (ok & (b != a) & ~(ok_prev & (b == b_prev))).to(tl.int32)
+    pos_a = tl.cumsum(emit_a + emit_b, 0) - emit_a - emit_b
+    if WRITE:
+        base = tl.load(CSR_B + row)
+        tl.store(BIDX + base + pos_a, a.to(tl.int32), mask=emit_a > 0)
+        tl.store(BIDX + base + pos_a + emit_a, b.to(tl.int32), mask=emit_b > 0)
+    else:
+        tl.store(COUNTS + 1 + row, tl.sum(emit_a + emit_b, 0))
+    # ---- chosen columns c <= last whose key block is not listed
+    n_col = tl.full([], 0, tl.int32)
+    if WRITE:
+        base_c = tl.load(CSR_C + row)
+    n_vis = _first_at_least(COLS + z * V, V, last + 1, V_PAD, LOG_V)  # columns are sorted: c <= last first
+    for t in range(0, n_vis, BLOCK_C):
+        offs = t + tl.arange(0, BLOCK_C)
+        vis = offs < n_vis
+        c = tl.load(COLS + z * V + offs, mask=vis, other=0)
+        kb0 = (c // BLOCK) * BLOCK
+        lo = tl.maximum(tl.maximum(m0 + OFF - kb0 - BLOCK + 1, m0 + OFF - N_K + 1), 0)
+        hi = tl.minimum(last - kb0, N_K - 1)
+        # listed iff a chosen delta lies in [lo, hi]: the first chosen delta >= lo is <= hi
+        first = _first_at_least(OFFS + z * S, S, lo, S_PAD, LOG_S)
+        ok_first = first < S
+        listed = (hi >= lo) & ok_first & (tl.load(OFFS + z * S + first, mask=ok_first, other=0) <= hi)
+        keep = (vis & ~listed).to(tl.int32)
+        if WRITE:
+            tl.store(CIDX + base_c + n_col + tl.cumsum(keep, 0) - keep, c.to(tl.int32), mask=keep > 0)
+        n_col += tl.sum(keep, 0)
+    if not WRITE:
+        tl.store(COUNTS + n_rows + 2 + row, n_col)
+
+
+# ---------------------------------------------------------------- launchers
 def _flat(x, name):
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"vertical_slash_index: {name} must be a torch tensor (..., N, d)")
-    return x.reshape(-1, x.shape[-2], x.shape[-1])
+    return x.reshape(-1, x.shape[-2], x.shape[-1]).contiguous()
 
 
-def vertical_slash_estimate(q, k, *, last_q=64, scale=None):
-    """``(estimate (Z, L, Nk) float32, vertical (Z, Nk) float64, slash (Z, Nk) float64)``."""
+def _estimate(q, k, last_q, scale, force_vertical, force_slash):
+    """Stages 1-3. Returns (P (Z, L, Nk), vertical, vertical keys, slash, slash keys)."""
     q3, k3 = _flat(q, "q"), _flat(k, "k")
     if q3.shape[0] != k3.shape[0] or q3.shape[2] != k3.shape[2]:
         raise ValueError(f"vertical_slash_index: q {tuple(q.shape)} and k {tuple(k.shape)} do not match")
+    if q3.dtype != k3.dtype:
+        raise TypeError(f"vertical_slash_index: q and k must share a dtype, got {q3.dtype} and {k3.dtype}")
     z, nq, d = q3.shape
     nk = k3.shape[1]
+    if d > 256:
+        raise ValueError(f"vertical_slash_index: head dims up to 256 are supported, got d={d}")
     scale = check_scale(scale, d, "vertical_slash_index")
     L = min(int(last_q), nq)
-    off = nk - nq
-    dev = q3.device
-    qi = torch.arange(nq - L, nq, device=dev) + off                        # (L,) last visible key per row
-    j = torch.arange(nk, device=dev)
-    s = scale * torch.matmul(q3[:, -L:].float(), k3.float().transpose(1, 2))  # (Z, L, Nk) float32
-    if nk >= L:
-        # every estimated row sees key 0; the causal cut lies in the last L columns: mask only those,
-        # then one fused softmax
-        tail = s[:, :, nk - L:]
-        tail.masked_fill_(j[None, None, nk - L:] > qi[None, :, None], float("-inf"))
-        est = torch.softmax(s, dim=2)
-    else:  # some rows see no key at all: the safe shift (0 for an all -inf row) and 0 output
-        s = s.masked_fill(j[None, None, :] > qi[None, :, None], float("-inf"))
-        mx = s.amax(dim=2, keepdim=True)
-        mx = torch.where(torch.isneginf(mx), torch.zeros_like(mx), mx)
-        e = torch.exp(s - mx)
-        tot = e.sum(dim=2, keepdim=True)
-        est = torch.where(tot > 0, e / torch.where(tot > 0, tot, torch.ones_like(tot)), torch.zeros_like(e))
-    vertical = est.sum(dim=1, dtype=torch.float64)                         # (Z, Nk)
-    # slash[delta] = sum_r est[r, qi[r] - delta]: gather each row along its diagonal
-    delta = torch.arange(nk, device=dev)
-    col = qi[:, None] - delta[None, :]                                     # (L, Nk)
-    ok = col >= 0
-    g = torch.gather(est, 2, col.clamp(min=0).expand(z, L, nk))
-    slash = torch.where(ok[None], g, 0.0).sum(dim=1, dtype=torch.float64)
-    return est, vertical, slash
+    if L > 256:
+        raise ValueError(f"vertical_slash_index: last_q up to 256 is supported, got {last_q}")
+    lp = max(16, triton.next_power_of_2(L))
+    bn = 64 if lp <= 64 else 32
+    n_kb = triton.cdiv(nk, bn)
+    # split the keys among ~2 programs per SM (all heads together); a power of two for the merge
+    nchunk = min(triton.next_power_of_2(max(1, 264 // z)), triton.next_power_of_2(n_kb), 256)
+    keys_per_chunk = triton.cdiv(n_kb, nchunk) * bn
+    dev, f32 = q3.device, torch.float32
+    mpart = torch.empty((z, nchunk, lp), dtype=f32, device=dev)
+    lpart = torch.empty_like(mpart)
+    p = torch.empty((z, L, nk), dtype=f32, device=dev)
+    vert, slash = torch.empty((z, nk), dtype=f32, device=dev), torch.empty((z, nk), dtype=f32, device=dev)
+    keys = torch.empty((2, z, nk), dtype=torch.int64, device=dev)           # vertical, slash: one top-k call
+    vkey, skey = keys[0], keys[1]
+    common = dict(D=d, BLOCK_D=block_dim(d), LP=lp, BN=bn, NCHUNK=nchunk, PREC=precision(q3.dtype))
+    strides = (q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1))
+    _est_stats[(nchunk, z)](q3, k3, mpart, lpart, *strides, nq, nk, L, keys_per_chunk, scale, **common)
+    _est_probs[(n_kb, z)](q3, k3, mpart, lpart, p, vert, vkey, *strides, nq, nk, L, scale,
+                          min(force_vertical, nk), **common)
+    bs = 64
+    _slash[(triton.cdiv(nk, bs), z)](p, slash, skey, nk, L, min(force_slash, nk), LP=lp, BS=bs)
+    return p, vert, slash, keys
 
 
-def _top(scores, size, forced):
-    s = scores.clone()
-    s[:, :forced] = float("inf")
-    order = torch.sort(-s, dim=1, stable=True).indices[:, :size]
-    return torch.sort(order, dim=1).values
+def vertical_slash_estimate(q, k, *, last_q=64, scale=None):
+    """``(estimate (Z, L, Nk) float32, vertical (Z, Nk) float32, slash (Z, Nk) float32)``."""
+    p, vert, slash, _ = _estimate(q, k, last_q, scale, 0, 0)
+    return p, vert, slash
+
+
+def _top(keys, vsize, ssize):
+    """Indices of the vsize (row 0) and ssize (row 1) largest unique keys, each sorted ascending.
+
+    One topk over both rows (k = the larger size, largest first), the tail beyond each row's size pushed
+    past every index, one sort: no host sync."""
+    two, z, nk = keys.shape
+    idx = torch.topk(keys.view(two * z, nk), max(vsize, ssize), dim=1, sorted=True).indices.view(two, z, -1)
+    idx[0, :, vsize:] = nk
+    idx[1, :, ssize:] = nk
+    srt = torch.sort(idx, dim=2).values
+    return srt[0, :, :vsize].contiguous(), srt[1, :, :ssize].contiguous()
 
 
 def vertical_slash_index(q, k, vertical_size, slash_size, *, last_q=64, block=64, scale=None,
@@ -98,44 +294,50 @@ def vertical_slash_index(q, k, vertical_size, slash_size, *, last_q=64, block=64
     """Vertical-slash index sets for every batch*head of ``q (..., Nq, d)``, ``k (..., Nk, d)``."""
     if int(last_q) < 1 or int(block) < 1:
         raise ValueError(f"vertical_slash_index: need last_q >= 1 and block >= 1, got {last_q}, {block}")
-    est, vertical, slash = vertical_slash_estimate(q, k, last_q=last_q, scale=scale)
+    if int(block) not in (16, 32, 64, 128):
+        raise ValueError(f"vertical_slash_index: block must be 16, 32, 64 or 128, got {block}")
+    est, vert, slash, keys = _estimate(q, k, last_q, scale, int(force_vertical), int(force_slash))
     z, _, nk = est.shape
     nq = q.shape[-2]
-    off = nk - nq
     dev = est.device
     vsize = min(nk, max(int(vertical_size), MIN_VERTICAL))
     ssize = min(nk, max(int(slash_size), MIN_SLASH))
-    columns = _top(vertical, vsize, min(force_vertical, nk))              # (Z, V)
-    offsets = _top(slash, ssize, min(force_slash, nk))                    # (Z, S)
-    # prefix count of chosen offsets: cnt[x + 1] = #{delta <= x}
-    hit = torch.zeros((z, nk), dtype=torch.int32, device=dev)
-    hit.scatter_(1, offsets, 1)
-    cnt = torch.cat([torch.zeros((z, 1), dtype=torch.int32, device=dev), hit.cumsum(1, dtype=torch.int32)], 1)
-    nqb, nkb = -(-nq // block), -(-nk // block)
-    m0 = torch.arange(nqb, device=dev)[:, None] * block                    # (nqb, 1)
-    last = torch.clamp(m0 + block, max=nq) - 1 + off
-    kb0 = torch.arange(nkb, device=dev)[None, :] * block                   # (1, nkb)
-    lo = torch.maximum(m0 + off - kb0 - block + 1, m0 + off - nk + 1).clamp(min=0)
-    hi = torch.minimum(last - kb0, torch.full_like(last - kb0, nk - 1))
-    valid = hi >= lo                                                       # (nqb, nkb)
-    hi_c, lo_c = hi.clamp(min=-1, max=nk - 1), lo.clamp(min=0, max=nk)
-    n_hit = (torch.gather(cnt, 1, (hi_c + 1).reshape(1, -1).expand(z, -1))
-             - torch.gather(cnt, 1, lo_c.reshape(1, -1).expand(z, -1))).reshape(z, nqb, nkb)
-    listed = (n_hit > 0) & valid[None]                                     # (Z, nqb, nkb)
-    # single columns: chosen, causally visible to the block, outside listed blocks
-    in_block = torch.gather(listed, 2, (columns // block)[:, None, :].expand(z, nqb, -1))   # (Z, nqb, V)
-    single = (columns[:, None, :] <= last[None]) & ~in_block
-    iset = DeviceIndexSet(nq, nk, block, *_csr(listed), *_csr(single, columns))
-    return VerticalSlashIndex(iset, columns, offsets, vertical, slash)
+    columns, offsets = _top(keys, vsize, ssize)                            # (Z, V), (Z, S) int64
+    nqb, nkb = triton.cdiv(nq, block), triton.cdiv(nk, block)
+    n_rows = z * nqb
+    # counts[0, 1 + row] = key blocks of row, counts[1, 1 + row] = single columns; cumsum -> CSR offsets
+    counts = torch.zeros((2, n_rows + 1), dtype=torch.int32, device=dev)
+    bidx = torch.empty(n_rows * min(2 * ssize, nkb), dtype=torch.int32, device=dev)
+    cidx = torch.empty(n_rows * vsize, dtype=torch.int32, device=dev)
+    args = (offsets, columns, counts, counts[0], counts[1], bidx, cidx, nq, nk, nk - nq, ssize, vsize, n_rows)
+    s_pad = max(16, triton.next_power_of_2(ssize))
+    v_pad = max(16, triton.next_power_of_2(vsize))
+    meta = dict(BLOCK=block, S_PAD=s_pad, LOG_S=s_pad.bit_length(), V_PAD=v_pad, LOG_V=v_pad.bit_length(),
+                BLOCK_C=256)
+    _vs_index[(nqb, z)](*args, WRITE=False, **meta)
+    counts.cumsum_(1)
+    _vs_index[(nqb, z)](*args, WRITE=True, **meta)
+    # (Z, nqb + 1) views: row z's last offset is row z+1's first
+    boff = counts[0].as_strided((z, nqb + 1), (nqb, 1))
+    coff = counts[1].as_strided((z, nqb + 1), (nqb, 1))
+    iset = DeviceIndexSet(nq, nk, block, boff, bidx, coff, cidx)
+    return VerticalSlashIndex(iset, columns, offsets, vert, slash)
 
 
-def _csr(keep, values=None):
-    """Boolean (Z, R, C) -> (offsets (Z, R + 1) int32 global, indices int32), row-major, sorted per row."""
-    z, r, _ = keep.shape
-    counts = keep.reshape(z * r, -1).sum(1)
-    cum = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    rows = (torch.arange(z, device=keep.device)[:, None] * r + torch.arange(r + 1, device=keep.device)[None, :])
-    offsets = cum[rows].to(torch.int32)
-    zi, _, ci = torch.nonzero(keep, as_tuple=True)
-    idx = ci if values is None else values[zi, ci]
-    return offsets, idx.to(torch.int32).contiguous()
+def graphed_vertical_slash_index(q, k, vertical_size, slash_size, **kwargs):
+    """The same build captured once in a CUDA graph, for a prefill that calls it layer after layer.
+
+    Possible because nothing in the build waits for the host. ``q`` and ``k`` are read in place: write the
+    next layer's queries and keys into them, call ``replay()``, and ``result`` (a :class:`VerticalSlashIndex`
+    whose tensors the graph rewrites) holds the new index set. Returns ``(replay, result)``. A replay costs
+    one launch instead of the ~15 launches (and their Python) of :func:`vertical_slash_index`.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture: compiles the kernels, sizes the allocator
+        vertical_slash_index(q, k, vertical_size, slash_size, **kwargs)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        result = vertical_slash_index(q, k, vertical_size, slash_size, **kwargs)
+    return graph.replay, result

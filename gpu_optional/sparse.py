@@ -38,7 +38,10 @@ __all__ = ["DeviceIndexSet", "to_device", "sparse_attention"]
 
 @dataclass(frozen=True)
 class DeviceIndexSet:
-    """Index sets on a device. ``*_offsets``: (n_sets, n_qblocks + 1) int32, global into ``*_indices``."""
+    """Index sets on a device. ``*_offsets``: (n_sets, n_qblocks + 1) int32, global into ``*_indices``.
+
+    The index arrays may be longer than ``offsets[-1, -1]`` (a builder that avoids a host sync sizes them by
+    an upper bound); only the entries the offsets point at are read."""
 
     nq: int
     nk: int

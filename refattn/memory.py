@@ -426,6 +426,19 @@ CHIPS = {
             "132 SMs with up to 228 KB shared memory each, 989 TFLOP/s dense BF16 tensor."
         ),
     ),
+    "h200": Chip(
+        name="H200-SXM-like",
+        hbm_bandwidth=4.8e12,
+        sram_bytes=228 * 1024,
+        units=132,
+        peak_flops=989e12,
+        bytes_per_element=2,
+        source=(
+            "NVIDIA H200 Tensor Core GPU datasheet (2024), SXM: 141 GB HBM3e at 4.8 TB/s, 989 TFLOP/s dense "
+            "BF16 tensor (the H100's Hopper chip: 132 SMs, up to 228 KB shared memory each, per the H100 "
+            "whitepaper). gpu_optional.predict replaces the two rates by microbenchmarks on the GPU in hand."
+        ),
+    ),
     "vitcod": Chip(
         name="ViTCoD-like accelerator",
         hbm_bandwidth=76.8e9,

@@ -15,8 +15,9 @@ and the flattened (B, N, d) arrays, and a public wrapper that
 The jitted tile primitives below are the only copy of the tile arithmetic:
 the score tile (:func:`score_tile`), the online-softmax update of one tile
 (:func:`online_update`), the finalisation of a row block (:func:`finalise_rows`),
-the causal and window visibility of a tile (:func:`visibility`), where a run stopped
-(:func:`stop_here`) and the parallel per-task counters (:func:`new_tasks`,
+the causal and window visibility of a tile (:func:`visibility`, :func:`enter_tile`), the
+key-outer loops' K_j, V_j load (:func:`load_kv_once`), where a run stopped
+(:func:`stop_here`, :func:`close_step`) and the parallel per-task counters (:func:`new_tasks`,
 :func:`task_mem`, :func:`reduce_tasks`). The backward kernels share
 :func:`grad_input` and :func:`grad_outputs`. Conventions: docs/design.md.
 """
@@ -289,6 +290,34 @@ def visibility(r0, r1, c0, c1, causal, off, lo=NO_LO):
     if partial:
         return 2
     return 1
+
+
+@numba.njit(cache=True, inline="always")
+def enter_tile(mem, r0, r1, c0, c1, causal, off, lo=NO_LO):
+    """:func:`visibility` of the tile; a wholly hidden tile is recorded as skipped (no loads follow)."""
+    vis = visibility(r0, r1, c0, c1, causal, off, lo)
+    if vis == 0:
+        memory.skip(mem, r0, r1, c0, c1)
+    return vis
+
+
+@numba.njit(cache=True, inline="always")
+def load_kv_once(mem, loaded, slot_k, slot_v, c0, c1, d, dv):
+    """Load K_j, V_j (rows c0..c1) unless this key block's are on chip already; returns True.
+
+    The key-outer loops (FA1, the backward) load them at the first visible tile of column j."""
+    if not loaded:
+        memory.load(mem, memory.T_K, slot_k, c0, c1, 0, d)
+        memory.load(mem, memory.T_V, slot_v, c0, c1, 0, dv)
+    return True
+
+
+@numba.njit(cache=True, inline="always")
+def close_step(mem, info, phase, head, r0, r1, c0, c1, release):
+    """Release every slot first if ``release`` (the last step of a pass or block), then :func:`stop_here`."""
+    if release:
+        memory.free_all(mem)
+    return stop_here(mem, info, phase, head, r0, r1, c0, c1)
 
 
 @numba.njit(cache=True)

@@ -140,8 +140,11 @@ import numpy as np
 
 from refattn import memory
 from refattn.kernels.common import (
+    close_step,
+    enter_tile,
     finalise_rows,
     finish,
+    load_kv_once,
     new_tasks,
     online_update,
     plan_blocks,
@@ -152,7 +155,6 @@ from refattn.kernels.common import (
     step_state,
     stop_here,
     task_mem,
-    visibility,
 )
 from refattn.kernels.contract import Plan
 from refattn.kernels.variant_args import prepare_variants
@@ -172,7 +174,6 @@ from refattn.memory import (
     hold,
     load,
     set_head,
-    skip,
     store,
 )
 
@@ -253,10 +254,8 @@ def _fa2_row(mem, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk,
         c0 = j * bk
         c1 = min(c0 + bk, nk)
         bc = c1 - c0
-        vis = visibility(r0, r1, c0, c1, causal, off, lo)
-        if vis == 0:
-            skip(mem, r0, r1, c0, c1)
-        else:
+        vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
+        if vis != 0:
             if not q_loaded:
                 load(mem, T_Q, S_Q, r0, r1, 0, d)
                 q_loaded = True
@@ -360,14 +359,9 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, l
                     r0 = i * bq
                     r1 = min(r0 + bq, nq)
                     br = r1 - r0
-                    vis = visibility(r0, r1, c0, c1, causal, off, lo)
-                    if vis == 0:
-                        skip(mem, r0, r1, c0, c1)
-                    else:
-                        if not kv_loaded:
-                            load(mem, T_K, S_K, c0, c1, 0, d)
-                            load(mem, T_V, S_V, c0, c1, 0, dv)
-                            kv_loaded = True
+                    vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
+                    if vis != 0:
+                        kv_loaded = load_kv_once(mem, kv_loaded, S_K, S_V, c0, c1, d, dv)
                         load(mem, T_Q, S_Q, r0, r1, 0, d)
                         load(mem, T_O, S_O, r0, r1, 0, dv)
                         load(mem, T_LSUM, S_L, r0, r1, 0, 1)
@@ -404,9 +398,7 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, l
                         store(mem, T_O, S_O, r0, r1, 0, dv)
                         store(mem, T_LSUM, S_L, r0, r1, 0, 1)
                         store(mem, T_M, S_M, r0, r1, 0, 1)
-                    if i == tr - 1 and b == b0 + group - 1:
-                        free_all(mem)
-                    if stop_here(mem, info, 1, b, r0, r1, c0, c1):
+                    if close_step(mem, info, 1, b, r0, r1, c0, c1, i == tr - 1 and b == b0 + group - 1):
                         return
         # step: finalise L = m + log l for the backward, for the group's heads
         for b in range(b0, b0 + group):

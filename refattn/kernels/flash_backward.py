@@ -83,17 +83,18 @@ import numpy as np
 
 from refattn import memory
 from refattn.kernels.common import (
+    close_step,
+    enter_tile,
     finish,
     grad_input,
     grad_outputs,
+    load_kv_once,
     plan_blocks,
     readonly,
     run_with_trace,
     score_tile,
     softcap_dtanh,
     step_state,
-    stop_here,
-    visibility,
 )
 from refattn.kernels.contract import Plan
 from refattn.kernels.variant_args import prepare_variants
@@ -106,20 +107,16 @@ from refattn.memory import (
     T_DS,
     T_DT,
     T_DV,
-    T_K,
     T_L,
     T_MASK,
     T_O,
     T_P,
     T_Q,
     T_S,
-    T_V,
     count_flops,
-    free_all,
     hold,
     load,
     set_head,
-    skip,
     store,
 )
 from refattn.validation import check_product_range, unbroadcast
@@ -194,8 +191,7 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, vt, 
                 dq[b, r0:r1] = 0
                 hold(mem, T_DQ, B_DQ, r0, r1, 0, d)
                 store(mem, T_DQ, B_DQ, r0, r1, 0, d)
-                free_all(mem)
-                if stop_here(mem, info, 0, b, r0, r1, 0, 0):
+                if close_step(mem, info, 0, b, r0, r1, 0, 0, True):
                     return
         # main loop: outer over key blocks, inner over the group's query heads and their query blocks
         for j in range(tc):
@@ -215,14 +211,9 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, vt, 
                     r0 = i * bq
                     r1 = min(r0 + bq, nq)
                     br = r1 - r0
-                    vis = visibility(r0, r1, c0, c1, causal, off, lo)
-                    if vis == 0:
-                        skip(mem, r0, r1, c0, c1)
-                    else:
-                        if not kv_loaded:
-                            load(mem, T_K, B_K, c0, c1, 0, d)
-                            load(mem, T_V, B_V, c0, c1, 0, dv)
-                            kv_loaded = True
+                    vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
+                    if vis != 0:
+                        kv_loaded = load_kv_once(mem, kv_loaded, B_K, B_V, c0, c1, d, dv)
                         load(mem, T_Q, B_Q, r0, r1, 0, d)
                         load(mem, T_DO, B_DO, r0, r1, 0, dv)
                         load(mem, T_L, B_L, r0, r1, 0, 1)
@@ -260,13 +251,13 @@ def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, vt, 
                         store(mem, T_DQ, B_DQ, r0, r1, 0, d)
                         dkj += np.dot(dp.T, qi)
                         count_flops(mem, 2 * br * bc * (3 * d + 2 * dv), br * bc)
-                    if i == tr - 1 and b == b0 + group - 1:
+                    last = i == tr - 1 and b == b0 + group - 1
+                    if last:
                         dk[h, c0:c1] = dkj.astype(dk.dtype)
                         dv_[h, c0:c1] = dvj.astype(dv_.dtype)
                         store(mem, T_DK, B_DK, c0, c1, 0, d)
                         store(mem, T_DV, B_DV, c0, c1, 0, dv)
-                        free_all(mem)
-                    if stop_here(mem, info, 1, b, r0, r1, c0, c1):
+                    if close_step(mem, info, 1, b, r0, r1, c0, c1, last):
                         st_dk[:bc] = dkj
                         st_dv[:bc] = dvj
                         return

@@ -89,6 +89,8 @@ import numpy as np
 from refattn import memory
 from refattn.index_set import IndexSet
 from refattn.kernels.common import (
+    close_step,
+    enter_tile,
     finalise_rows,
     finish,
     new_tasks,
@@ -99,9 +101,7 @@ from refattn.kernels.common import (
     run_with_trace,
     score_tile,
     step_state,
-    stop_here,
     task_mem,
-    visibility,
 )
 from refattn.kernels.contract import Plan
 
@@ -165,10 +165,8 @@ def _query_block(mem, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, o
             w = k1 - k0
             cs, ce = k0, k1
             memory.load(mem, memory.T_IDX, SLOT_IDX, t, t + 1, 0, 1)
-            vis = visibility(r0, r1, k0, k1, 1 if causal_on else 0, offset)
-            if vis == 0:
-                memory.skip(mem, r0, r1, k0, k1)
-            else:
+            vis = enter_tile(mem, r0, r1, k0, k1, 1 if causal_on else 0, offset)
+            if vis != 0:
                 memory.load(mem, memory.T_K, SLOT_K, k0, k1, 0, d)
                 memory.load(mem, memory.T_V, SLOT_V, k0, k1, 0, dv)
                 for j in range(w):
@@ -214,8 +212,7 @@ def _query_block(mem, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, o
             finalise_rows(a, m, l, o[h, r0:r1], lse[h, r0:r1])
             memory.store(mem, memory.T_O, SLOT_O, r0, r1, 0, dv)
             memory.store(mem, memory.T_L, SLOT_L, r0, r1, 0, 1)
-            memory.free_all(mem)
-        if stop_here(mem, info, phase, h, r0, r1, cs, ce):
+        if close_step(mem, info, phase, h, r0, r1, cs, ce, step == nsteps - 1):
             return True
     return False
 

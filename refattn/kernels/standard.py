@@ -99,6 +99,7 @@ import numpy as np
 
 from refattn import memory
 from refattn.kernels.common import (
+    close_step,
     finish,
     grad_input,
     grad_outputs,
@@ -107,7 +108,6 @@ from refattn.kernels.common import (
     run_with_trace,
     score_tile,
     step_state,
-    stop_here,
 )
 from refattn.kernels.contract import KernelResult, Plan
 from refattn.validation import check_product_range
@@ -206,9 +206,7 @@ def _pass_scores(mem, h, q, k, mask, has_mask, scale, causal_on, offset, R, C, s
             memory.hold(mem, memory.T_S, SLOT_TILE, r0, r1, c0, c1)
             s_hbm[h, r0:r1, c0:c1] = st
             memory.store(mem, memory.T_S, SLOT_TILE, r0, r1, c0, c1)
-            if r1 == nq and c1 == nk:
-                memory.free_all(mem)
-            if stop_here(mem, info, 0, h, r0, r1, c0, c1):
+            if close_step(mem, info, 0, h, r0, r1, c0, c1, r1 == nq and c1 == nk):
                 return True
     return False
 
@@ -238,9 +236,7 @@ def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
             memory.hold(mem, memory.T_P, SLOT_TILE, r0, r1, 0, nk)  # P replaces S on chip
             memory.store(mem, memory.T_P, SLOT_TILE, r0, r1, 0, nk)
             memory.store(mem, memory.T_L, SLOT_STATS, r0, r1, 0, 1)
-            if r1 == nq:
-                memory.free_all(mem)
-            if stop_here(mem, info, 1, h, r0, r1, 0, nk):
+            if close_step(mem, info, 1, h, r0, r1, 0, nk, r1 == nq):
                 return True
     else:  # one row at a time in chunks of C: sweep 1 (online m, l), sweep 2 (P = exp(S - L))
         for i in range(nq):
@@ -260,7 +256,7 @@ def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
                 if c1 == nk:
                     lse[h, i] = ninf if tot == 0.0 else m + np.log(tot)
                     memory.store(mem, memory.T_L, SLOT_STATS, i, i + 1, 0, 1)
-                if stop_here(mem, info, 1, h, i, i + 1, c0, c1):
+                if close_step(mem, info, 1, h, i, i + 1, c0, c1, False):
                     return True
             L = lse[h, i]
             for c0 in range(0, nk, C):
@@ -273,68 +269,42 @@ def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
                 memory.count_flops(mem, 0, c1 - c0)
                 memory.hold(mem, memory.T_P, SLOT_TILE, i, i + 1, c0, c1)
                 memory.store(mem, memory.T_P, SLOT_TILE, i, i + 1, c0, c1)
-                if i == nq - 1 and c1 == nk:
-                    memory.free_all(mem)
-                if stop_here(mem, info, 1, h, i, i + 1, c0, c1):
+                if close_step(mem, info, 1, h, i, i + 1, c0, c1, i == nq - 1 and c1 == nk):
                     return True
     return False
 
 
 @numba.njit(cache=True)
-def _pass_rows_times_inner(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t, out, factor,
-                           R, C, acc, info):
-    """out[h] = factor * tile[h] @ inner[h]: R outer rows accumulate over C-wide tiles.
+def _pass_matmul(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t, out, factor, R, C, acc, info, transposed):
+    """out[h] = factor * T @ inner[h] with T = tile[h] (``transposed`` False) or tile[h]^T (True).
 
-    F3 (O = P V) and B4 (dQ = scale dS K). One step per R x C tile; the
-    accumulator is stored after the last tile of its row block.
+    F3 (O = P V), B4 (dQ = scale dS K); transposed: B1 (dV = P^T dO), B5
+    (dK = scale dS^T Q). R output rows (query rows, or key rows when
+    transposed) accumulate on chip over C-wide blocks of the other axis; one
+    step per tile, the accumulator stored after the last tile of its block.
+    The tile's events name query rows x key columns either way.
     """
     nq, nk, w_out = tile_hbm.shape[1], tile_hbm.shape[2], inner.shape[2]
-    for r0 in range(0, nq, R):
-        r1 = min(r0 + R, nq)
+    n_out, n_in = (nk, nq) if transposed else (nq, nk)
+    for a0 in range(0, n_out, R):
+        a1 = min(a0 + R, n_out)
         acc[:] = 0.0
-        memory.hold(mem, out_t, SLOT_ACC, r0, r1, 0, w_out)  # accumulator (rows, w_out)
-        for c0 in range(0, nk, C):
-            c1 = min(c0 + C, nk)
-            memory.load(mem, tile_t, SLOT_TILE, r0, r1, c0, c1)  # tile (rows, w)
-            memory.load(mem, inner_t, SLOT_COLS, c0, c1, 0, w_out)  # inner block (w, w_out)
-            t = np.ascontiguousarray(tile_hbm[h, r0:r1, c0:c1])
-            acc[:r1 - r0, :w_out] += np.dot(t, inner[h, c0:c1])
-            memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * w_out, 0)
-            if c1 == nk:
-                out[h, r0:r1] = acc[:r1 - r0, :w_out] * factor
-                memory.store(mem, out_t, SLOT_ACC, r0, r1, 0, w_out)
-                if r1 == nq:
-                    memory.free_all(mem)
-            if stop_here(mem, info, pas, h, r0, r1, c0, c1):
-                return True
-    return False
-
-
-@numba.njit(cache=True)
-def _pass_cols_times_inner(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t, out, factor,
-                           R, C, acc, info):
-    """out[h] = factor * tile[h]^T @ inner[h]: R key rows accumulate over C-wide query tiles.
-
-    B1 (dV = P^T dO) and B5 (dK = scale dS^T Q). One step per C x R tile.
-    """
-    nq, nk, w_out = tile_hbm.shape[1], tile_hbm.shape[2], inner.shape[2]
-    for c0 in range(0, nk, R):
-        c1 = min(c0 + R, nk)
-        acc[:] = 0.0
-        memory.hold(mem, out_t, SLOT_ACC, c0, c1, 0, w_out)  # accumulator (keys, w_out)
-        for r0 in range(0, nq, C):
-            r1 = min(r0 + C, nq)
+        memory.hold(mem, out_t, SLOT_ACC, a0, a1, 0, w_out)  # accumulator (a1 - a0, w_out)
+        for b0 in range(0, n_in, C):
+            b1 = min(b0 + C, n_in)
+            r0, r1, c0, c1 = (b0, b1, a0, a1) if transposed else (a0, a1, b0, b1)
             memory.load(mem, tile_t, SLOT_TILE, r0, r1, c0, c1)  # tile (queries, keys)
-            memory.load(mem, inner_t, SLOT_COLS, r0, r1, 0, w_out)  # inner block (queries, w_out)
+            memory.load(mem, inner_t, SLOT_COLS, b0, b1, 0, w_out)  # inner block (b1 - b0, w_out)
             t = np.ascontiguousarray(tile_hbm[h, r0:r1, c0:c1])
-            acc[:c1 - c0, :w_out] += np.dot(t.T, inner[h, r0:r1])
+            if transposed:
+                acc[:a1 - a0, :w_out] += np.dot(t.T, inner[h, b0:b1])
+            else:
+                acc[:a1 - a0, :w_out] += np.dot(t, inner[h, b0:b1])
             memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * w_out, 0)
-            if r1 == nq:
-                out[h, c0:c1] = acc[:c1 - c0, :w_out] * factor
-                memory.store(mem, out_t, SLOT_ACC, c0, c1, 0, w_out)
-                if c1 == nk:
-                    memory.free_all(mem)
-            if stop_here(mem, info, pas, h, r0, r1, c0, c1):
+            if b1 == n_in:
+                out[h, a0:a1] = acc[:a1 - a0, :w_out] * factor
+                memory.store(mem, out_t, SLOT_ACC, a0, a1, 0, w_out)
+            if close_step(mem, info, pas, h, r0, r1, c0, c1, a1 == n_out and b1 == n_in):
                 return True
     return False
 
@@ -362,9 +332,7 @@ def _pass_dp(mem, h, do, o, v, R, C, dp_hbm, d_hbm, info):
             memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * dv, 0)
             memory.hold(mem, memory.T_DP, SLOT_TILE, r0, r1, c0, c1)
             memory.store(mem, memory.T_DP, SLOT_TILE, r0, r1, c0, c1)
-            if r1 == nq and c1 == nk:
-                memory.free_all(mem)
-            if stop_here(mem, info, 1, h, r0, r1, c0, c1):
+            if close_step(mem, info, 1, h, r0, r1, c0, c1, r1 == nq and c1 == nk):
                 return True
     return False
 
@@ -386,9 +354,7 @@ def _pass_ds(mem, h, R, C, p_hbm, dp_hbm, d_hbm, ds_hbm, info):
                     ds_hbm[h, i, j] = p_hbm[h, i, j] * (dp_hbm[h, i, j] - di)
             memory.hold(mem, memory.T_DS, SLOT_TILE2, r0, r1, c0, c1)  # dS replaces dP
             memory.store(mem, memory.T_DS, SLOT_TILE2, r0, r1, c0, c1)
-            if r1 == nq and c1 == nk:
-                memory.free_all(mem)
-            if stop_here(mem, info, 2, h, r0, r1, c0, c1):
+            if close_step(mem, info, 2, h, r0, r1, c0, c1, r1 == nq and c1 == nk):
                 return True
     return False
 
@@ -403,8 +369,8 @@ def _forward(mem, q, k, v, mask, has_mask, scale, causal_on, offset, plan, s_hbm
             return True
         if _pass_softmax(mem, h, plan[2], plan[3], s_hbm, p_hbm, lse, info):
             return True
-        if upto >= 3 and _pass_rows_times_inner(mem, h, 2, memory.T_P, p_hbm, memory.T_V, v, memory.T_O, o,
-                                                1.0, plan[4], plan[5], acc, info):
+        if upto >= 3 and _pass_matmul(mem, h, 2, memory.T_P, p_hbm, memory.T_V, v, memory.T_O, o,
+                                      1.0, plan[4], plan[5], acc, info, False):
             return True
     return False
 
@@ -413,18 +379,18 @@ def _forward(mem, q, k, v, mask, has_mask, scale, causal_on, offset, plan, s_hbm
 def _backward(mem, q, k, v, o, do, scale, plan, p_hbm, dp_hbm, ds_hbm, d_hbm, dq, dk, dv, acc, info):
     for h in range(q.shape[0]):
         memory.set_head(mem, h)
-        if _pass_cols_times_inner(mem, h, 0, memory.T_P, p_hbm, memory.T_DO, do, memory.T_DV, dv, 1.0,
-                                  plan[0], plan[1], acc, info):
+        if _pass_matmul(mem, h, 0, memory.T_P, p_hbm, memory.T_DO, do, memory.T_DV, dv, 1.0,
+                        plan[0], plan[1], acc, info, True):
             return True
         if _pass_dp(mem, h, do, o, v, plan[2], plan[3], dp_hbm, d_hbm, info):
             return True
         if _pass_ds(mem, h, plan[4], plan[5], p_hbm, dp_hbm, d_hbm, ds_hbm, info):
             return True
-        if _pass_rows_times_inner(mem, h, 3, memory.T_DS, ds_hbm, memory.T_K, k, memory.T_DQ, dq, scale,
-                                  plan[6], plan[7], acc, info):
+        if _pass_matmul(mem, h, 3, memory.T_DS, ds_hbm, memory.T_K, k, memory.T_DQ, dq, scale,
+                        plan[6], plan[7], acc, info, False):
             return True
-        if _pass_cols_times_inner(mem, h, 4, memory.T_DS, ds_hbm, memory.T_Q, q, memory.T_DK, dk, scale,
-                                  plan[8], plan[9], acc, info):
+        if _pass_matmul(mem, h, 4, memory.T_DS, ds_hbm, memory.T_Q, q, memory.T_DK, dk, scale,
+                        plan[8], plan[9], acc, info, True):
             return True
     return False
 

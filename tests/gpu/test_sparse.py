@@ -69,22 +69,83 @@ def test_sparse_bad_input_is_refused():
         sparse_attention(q, q, q, [IndexSet.dense(40, 40, block=16)] * 3)
 
 
-@pytest.mark.parametrize("nq,nk,block,vs,ss", [(200, 200, 32, 40, 60), (150, 231, 16, 10, 10), (231, 150, 64, 35, 55)])
-def test_vertical_slash_index_matches_refattn_patterns(nq, nk, block, vs, ss):
-    """The device builder gives exactly refattn.patterns.vertical_slash's IndexSet, per head."""
-    skip_without_device()
+def _check_index_equals_cpu(q, k, vs, ss, block, **kw):
+    """The device build's IndexSet, columns and offsets equal refattn.patterns.vertical_slash's, per head."""
     from gpu_optional import vertical_slash_index
     from refattn.patterns.vertical_slash import vertical_slash
 
-    gen = torch.Generator().manual_seed(nq * nk)
-    q, k = randn((3, nq, 32), torch.float32, gen), randn((3, nk, 32), torch.float32, gen)
-    r = vertical_slash_index(q, k, vs, ss, block=block)
+    r = vertical_slash_index(q, k, vs, ss, block=block, **kw)
+    q3, k3 = q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:])
     for h, got in enumerate(r.index_set.to_host()):
-        ref = vertical_slash(np64(q[h]), np64(k[h]).astype(np.float32), vs, ss, block=block)
+        ref = vertical_slash(np64(q3[h]).astype(np.float32), np64(k3[h]).astype(np.float32), vs, ss, block=block,
+                             **kw)
+        np.testing.assert_allclose(np64(r.vertical_scores[h]), ref.vertical_scores, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np64(r.slash_scores[h]), ref.slash_scores, rtol=1e-4, atol=1e-6)
         assert np.array_equal(np64(r.columns[h]).astype(np.int64), ref.columns)
         assert np.array_equal(np64(r.offsets[h]).astype(np.int64), ref.offsets)
         for f in ("block_offsets", "block_indices", "column_offsets", "column_indices"):
             assert np.array_equal(getattr(got, f), getattr(ref.index_set, f)), f
+    return r
+
+
+@pytest.mark.parametrize("nq,nk,block,vs,ss", [(200, 200, 32, 40, 60), (150, 231, 16, 10, 10), (231, 150, 64, 35, 55),
+                                               (20, 90, 16, 30, 50)])
+def test_vertical_slash_index_matches_refattn_patterns(nq, nk, block, vs, ss):
+    """Random inputs, Nq = Nk, Nq < Nk, Nq > Nk (rows with no key), fewer rows than last_q."""
+    skip_without_device()
+    gen = torch.Generator().manual_seed(nq * nk)
+    q, k = randn((3, nq, 32), torch.float32, gen), randn((3, nk, 32), torch.float32, gen)
+    _check_index_equals_cpu(q, k, vs, ss, block)
+
+
+def test_vertical_slash_index_structured_heads():
+    """Planted vertical columns and diagonals (what real heads look like), batch dims (B, H, N, d), d = 40
+    (padded), 300 chosen columns (the column loop's second chunk), slash_size < force_slash (forced ties),
+    and a forced-diagonal count of 0."""
+    skip_without_device()
+    gen = torch.Generator().manual_seed(9)
+    n, d = 330, 40
+    base = torch.randn((2, 2, n, d), generator=gen)
+    q = base.clone()
+    k = torch.randn((2, 2, n, d), generator=gen)
+    k[..., [0, 7, 100, 201], :] += 2.0 * q[..., -1:, :]      # vertical lines: keys every late query likes
+    k[..., :n - 5, :] += 0.4 * q[..., 5:, :]                # a diagonal at delta = 5 (query i likes key i - 5)
+    q, k = q.to(DEVICE), k.to(DEVICE)
+    _check_index_equals_cpu(q, k, 300, 60, 32)
+    _check_index_equals_cpu(q, k, 40, 64, 64, force_slash=0, force_vertical=4)   # 64 chosen: S = S_PAD
+
+
+@pytest.mark.needs_cuda
+def test_graphed_vertical_slash_index_replays_on_new_inputs():
+    """The CUDA-graph build, replayed after q and k are overwritten in place, equals a fresh eager build."""
+    if not torch.cuda.is_available() or DEVICE != "cuda":
+        pytest.skip("needs a CUDA GPU and TRITON_INTERPRET=0")
+    from gpu_optional import graphed_vertical_slash_index, vertical_slash_index
+
+    gen = torch.Generator().manual_seed(12)
+    q, k = randn((2, 2, 1000, 64), torch.bfloat16, gen), randn((2, 2, 1000, 64), torch.bfloat16, gen)
+    replay, result = graphed_vertical_slash_index(q, k, 100, 60, block=64)
+    q.copy_(randn(q.shape, torch.bfloat16, gen))
+    k.copy_(randn(k.shape, torch.bfloat16, gen))
+    replay()
+    fresh = vertical_slash_index(q, k, 100, 60, block=64)
+    assert torch.equal(result.columns, fresh.columns) and torch.equal(result.offsets, fresh.offsets)
+    for got, want in zip(result.index_set.to_host(), fresh.index_set.to_host()):
+        for f in ("block_offsets", "block_indices", "column_offsets", "column_indices"):
+            assert np.array_equal(getattr(got, f), getattr(want, f)), f
+
+
+def test_vertical_slash_index_bad_input_is_refused():
+    skip_without_device()
+    from gpu_optional import vertical_slash_index
+
+    q = torch.randn(2, 40, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="block must be"):
+        vertical_slash_index(q, q, 30, 50, block=48)
+    with pytest.raises(ValueError, match="do not match"):
+        vertical_slash_index(q, q[:1], 30, 50)
+    with pytest.raises(ValueError, match="last_q"):
+        vertical_slash_index(q, q, 30, 50, last_q=0)
 
 
 def test_minference_step_on_device():
