@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-from refattn.validation import check_attention_inputs
+from refattn.validation import check_attention_inputs, check_kernel_range
 
 #: Largest upload the app accepts, in bytes (the app is for small, visual sizes).
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -44,10 +44,12 @@ def read_upload(name: str, data: bytes) -> dict[str, np.ndarray]:
     if len(data) > MAX_UPLOAD_BYTES:
         raise InputError(f"{name}: {len(data) / 2**20:.0f} MiB is larger than the app's limit of "
                          f"{MAX_UPLOAD_BYTES // 2**20} MiB")
+    if not (data.startswith(b"\x93NUMPY") or data.startswith(b"PK")):  # neither a .npy header nor a zip archive
+        raise InputError(f"{name}: not a NumPy file (a .npy starts with \\x93NUMPY, a .npz is a zip archive)")
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        if "pickle" in str(exc).lower() and data.startswith(b"\x93NUMPY"):
             raise InputError(f"{name}: holds Python objects (pickled); only plain numeric arrays are accepted") \
                 from None
         raise InputError(f"{name}: not a valid NumPy file ({exc})") from None
@@ -69,9 +71,11 @@ def read_upload(name: str, data: bytes) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _as_float(name: str, x: np.ndarray) -> np.ndarray:
+def _as_float(name: str, x: np.ndarray, notes: list | None = None) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise InputError(f"{name} has dtype {x.dtype}; a real numeric array is needed")
+    if x.dtype not in (np.float32, np.float64) and notes is not None:
+        notes.append(f"{name} converted from {x.dtype} to float32")
     x = np.asarray(x, np.float64 if x.dtype == np.float64 else np.float32)
     if not np.all(np.isfinite(x)):
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
@@ -79,22 +83,28 @@ def _as_float(name: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def qkv_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pick Q, K, V out of an upload; 2-D (head 0 if there are leading dims), one float dtype."""
+def qkv_from_arrays(arrays: dict[str, np.ndarray], *, notes: bool = False):
+    """Pick Q, K, V out of an upload; 2-D (head 0 if there are leading dims), one float dtype.
+
+    Returns (q, k, v), or ((q, k, v), notes) with ``notes=True``: what was converted (e.g. int32 to float32),
+    so the page can say so instead of converting silently.
+    """
     by_lower = {key.lower(): key for key in arrays}
     missing = [n for n in ("q", "k", "v") if n not in by_lower]
     if missing:
         found = ", ".join(sorted(arrays)) or "nothing"
+        hint = (f" If {found} are Q, K and V, save them as np.savez(file, q=..., k=..., v=...)."
+                if len(arrays) == 3 else "")
         raise InputError(f"Q/K/V upload needs arrays named q, k and v in one .npz; missing {', '.join(missing)} "
-                         f"(found {found})")
-    out = []
+                         f"(found {found}).{hint}")
+    out, converted = [], []
     for n in ("q", "k", "v"):
         x = np.asarray(arrays[by_lower[n]])
         if x.ndim < 2:
             raise InputError(f"{n} must have shape (N, d) (or (heads, N, d)), got {x.shape}")
         while x.ndim > 2:
             x = x[0]
-        out.append(_as_float(n, x))
+        out.append(_as_float(n, x, converted))
     dtype = np.float64 if all(x.dtype == np.float64 for x in out) else np.float32
     q, k, v = (np.ascontiguousarray(x, dtype) for x in out)
     if max(q.shape[0], k.shape[0]) > MAX_N:
@@ -102,9 +112,10 @@ def qkv_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarr
                          f"(the views step through every tile)")
     try:
         check_attention_inputs(q, k, v, where="upload")
+        check_kernel_range(q, k, v, 1.0 / np.sqrt(q.shape[-1]), where="upload")  # the kernels' own refusal
     except (TypeError, ValueError) as exc:
         raise InputError(str(exc)) from None
-    return q, k, v
+    return ((q, k, v), converted) if notes else (q, k, v)
 
 
 def attention_map_from_arrays(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -132,14 +143,16 @@ def make_inputs(source: str, n: int, d: int, *, seed: int = 0, uploaded=None):
 
         return random_qkv(n, d, seed=seed)
     if source == "structured":
-        synthetic = optional_module("refattn.data.synthetic")
-        if synthetic is None:
-            raise InputError("structured inputs (refattn.data.synthetic) are not available yet")
-        return structured_qkv(synthetic, n, d, seed)
+        from refattn.data.synthetic import structured_qkv
+
+        try:
+            q, k, v, _ = structured_qkv(n, d, 1, seed=seed)
+        except ValueError as exc:  # sizes the generator does not support (n < 64, d < 32): say so in the page
+            raise InputError(f"structured inputs: {exc}") from None
+        return tuple(np.ascontiguousarray(x[0], np.float32) for x in (q, k, v))
     if source == "real":
-        real = optional_module("refattn.data.real")
-        if real is None:
-            raise InputError("real inputs (refattn.data.real) are not available")
+        from refattn.data import real
+
         try:
             att = real.minilm_attention(max_tokens=n)
         except Exception as exc:  # noqa: BLE001 - the [real] extra missing: say so in the page
@@ -152,29 +165,3 @@ def make_inputs(source: str, n: int, d: int, *, seed: int = 0, uploaded=None):
             raise InputError("no Q/K/V uploaded yet: use the Inputs page")
         return uploaded
     raise InputError(f"unknown input source {source!r}")
-
-
-def structured_qkv(synthetic, n, d, seed):
-    """Call the synthetic generator (its public name may vary while it lands)."""
-    for fn in ("structured_qkv", "long_context_qkv", "synthetic_qkv", "make_qkv"):
-        if hasattr(synthetic, fn):
-            try:
-                out = getattr(synthetic, fn)(n, d, seed=seed)
-            except ValueError as exc:  # e.g. sizes the generator does not support: say so in the page
-                raise InputError(f"structured inputs: {exc}") from None
-            q, k, v = (out[key] for key in ("q", "k", "v")) if isinstance(out, dict) else out[:3]
-            q, k, v = (np.asarray(x) for x in (q, k, v))
-            while q.ndim > 2:
-                q, k, v = q[0], k[0], v[0]
-            return tuple(np.ascontiguousarray(x, np.float32) for x in (q, k, v))
-    raise InputError("refattn.data.synthetic has no Q/K/V generator the app knows")
-
-
-def optional_module(name: str):
-    """Import a refattn part that may not have landed yet; None if it is missing."""
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None

@@ -1,38 +1,21 @@
 """Cached calls into refattn: the app only draws, every number comes from a run here.
 
 Each function takes plain values and arrays (hashable by ``st.cache_data``) and
-returns refattn's own objects (KernelResult, Trace, Traffic). Stepping uses one
-traced full run per setting (the figures for step k are replayed from its
-trace) plus, for the running m / l / partial O of the current rows, the
-kernel's own ``stop_after=k`` state (steps are 1-based; step 0 is before the run).
+returns refattn's own objects (KernelResult, StepState) or the numbers of
+refattn.bench.sweeps. Stepping uses one traced full run per setting, sent once
+to the browser (viz_app.playback), plus, for the running m / l / partial O, the
+kernel's own ``stop_after=k`` states of one block's steps (steps are 1-based;
+position 0 is before the run).
 """
 
 from __future__ import annotations
-
-import importlib
 
 import numpy as np
 import streamlit as st
 
 import refattn
+from refattn.bench import sweeps
 from refattn.memory import Sram
-
-
-def available(name: str) -> bool:
-    """Is ``refattn.<name>`` (a public API name) importable yet?"""
-    try:
-        getattr(refattn, name)
-    except (ImportError, AttributeError):
-        return False
-    return True
-
-
-def module_available(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
 
 
 @st.cache_data(max_entries=32, show_spinner="preparing inputs...")
@@ -56,29 +39,18 @@ def _forward_kwargs(kernel, m, variant, causal, block):
     return kw
 
 
-@st.cache_data(max_entries=32, show_spinner="running the kernel (traced)...")
+@st.cache_data(max_entries=32, show_spinner=False)
 def forward_run(kernel: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, m: int,
                 variant: str = "fa2", causal: bool = False, block=None):
     """One traced forward run of the flash or standard kernel."""
     return _forward_fn(kernel)(q, k, v, trace=True, **_forward_kwargs(kernel, m, variant, causal, block))
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def forward_state(kernel: str, q, k, v, m: int, variant: str, causal: bool, stop_after: int, block=None):
-    """The kernel's state after ``stop_after`` steps (None if it finished before)."""
-    res = _forward_fn(kernel)(q, k, v, stop_after=int(stop_after), **_forward_kwargs(kernel, m, variant, causal, block))
-    return res.state
-
-
-@st.cache_data(max_entries=64, show_spinner="counting traffic...")
-def forward_counts(kernel: str, n: int, d: int, m: int, variant: str = "fa2", causal: bool = False,
-                   block=None, seed: int = 0):
-    """(traffic, flops, plan) of one untraced forward run on random (n, d) inputs."""
-    from refattn.data import random_qkv
-
-    q, k, v = random_qkv(n, d, seed=seed)
-    res = _forward_fn(kernel)(q, k, v, **_forward_kwargs(kernel, m, variant, causal, block))
-    return res.traffic, res.flops, res.plan
+@st.cache_data(max_entries=64, show_spinner=False)
+def forward_states(q, k, v, m: int, variant: str, causal: bool, steps: tuple, block=None):
+    """{step: StepState} of the flash kernel stopped after each of ``steps`` (its own stop_after states)."""
+    kw = _forward_kwargs("flash", m, variant, causal, block)
+    return {int(s): refattn.flash_forward(q, k, v, stop_after=int(s), **kw).state for s in steps}
 
 
 def _backward_inputs(q, k, v, m, causal, seed=1):
@@ -87,7 +59,7 @@ def _backward_inputs(q, k, v, m, causal, seed=1):
     return fwd.o, fwd.lse, do
 
 
-@st.cache_data(max_entries=16, show_spinner="running the backward kernel (traced)...")
+@st.cache_data(max_entries=16, show_spinner=False)
 def backward_run(kernel: str, q, k, v, m: int, causal: bool = False):
     """One traced backward run (flash with recomputation, or standard)."""
     o, lse, do = _backward_inputs(q, k, v, m, causal)
@@ -96,14 +68,18 @@ def backward_run(kernel: str, q, k, v, m: int, causal: bool = False):
     return refattn.standard_backward(q, k, v, o, do, sram=Sram(int(m)), causal=causal, trace=True)
 
 
-@st.cache_data(max_entries=16, show_spinner="counting backward traffic...")
-def backward_counts(kernel: str, n: int, d: int, m: int, causal: bool = False, seed: int = 0):
-    from refattn.data import random_qkv
+@st.cache_data(max_entries=16, show_spinner="counting the sweeps (refattn.bench.sweeps)...")
+def io_sweeps(d: int, m: int, variant: str, chip: str, ns: tuple, ms: tuple, n_for_m: int):
+    """(N sweep, M sweep) of refattn.bench.sweeps: counted forward traffic of both kernels."""
+    return (sweeps.n_sweep(ns, d, m, variant=variant, chip=chip),
+            sweeps.m_sweep(n_for_m, d, ms, variant=variant, chip=chip))
 
-    q, k, v = random_qkv(n, d, seed=seed)
-    o, lse, do = _backward_inputs(q, k, v, m, causal)
-    if kernel == "flash":
-        res = refattn.flash_backward(q, k, v, o, lse, do, sram=Sram(int(m)), causal=causal)
-    else:
-        res = refattn.standard_backward(q, k, v, o, do, sram=Sram(int(m)), causal=causal)
-    return res.traffic, res.flops
+
+@st.cache_data(max_entries=4, show_spinner="running Figure 2 (one head, forward + backward)...")
+def figure2():
+    return sweeps.figure2()
+
+
+@st.cache_data(max_entries=4, show_spinner="running the block sweep...")
+def block_sweep(blocks: tuple):
+    return sweeps.block_sweep(blocks=blocks)

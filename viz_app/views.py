@@ -1,22 +1,54 @@
-"""Streamlit blocks shared by pages: one kernel's view at a step, the sidebar's input choice."""
+"""Streamlit blocks shared by pages: the sidebar's input choice and the step player of one or two runs."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from viz_app import figures, runs
-from viz_app.inputs import REAL_HEAD, REAL_LAYER, InputError, make_inputs, optional_module
+from viz_app import playback, player
+from viz_app.inputs import REAL_HEAD, REAL_LAYER, InputError, make_inputs
 
-SOURCES = {"random": "random Gaussian", "structured": "structured (synthetic)", "real": "real (MiniLM head)", "uploaded": "uploaded (Inputs page)"}
+SOURCES = {"random": "random Gaussian", "structured": "structured (synthetic)", "real": "real (MiniLM head)",
+           "uploaded": "uploaded (Inputs page)"}
+
+
+def seed_from_query(params: dict) -> None:
+    """Start widgets from the page's URL once (e.g. ``?n=256&d=8&m=256&causal=1``): links show a setting.
+
+    ``params``: {query name: (session key, type)}. Values the widget does not offer are ignored by it.
+    """
+    ss = st.session_state
+    if ss.get("_seeded_" + str(sorted(params))):
+        return
+    ss["_seeded_" + str(sorted(params))] = True
+    for name, (key, kind) in params.items():
+        if name in st.query_params and key not in ss:
+            raw = st.query_params[name]
+            try:
+                ss[key] = bool(int(raw)) if kind is bool else kind(raw)
+            except ValueError:
+                pass
+
+
+def initial(key: str, value) -> dict:
+    """``value=`` for a widget unless its key already holds a value (no "default and Session State" warning)."""
+    return {} if key in st.session_state else {"value": value}
+
+
+def uploaded_in_use(key: str) -> bool:
+    """Is the page's input source (radio ``{key}_source``) the uploaded Q/K/V?"""
+    return st.session_state.get(f"{key}_source") == "uploaded" and st.session_state.get("uploaded_qkv") is not None
+
+
+def uploaded_shape() -> tuple[int, int]:
+    q = st.session_state["uploaded_qkv"][0]
+    return int(q.shape[0]), int(q.shape[1])
 
 
 def choose_inputs(n: int, d: int, *, key: str):
     """Sidebar radio for the input source; returns (q, k, v) or shows the reason and stops the page."""
-    options = ["random"]
-    if optional_module("refattn.data.synthetic") is not None:
-        options.append("structured")
-    if optional_module("refattn.data.real") is not None:
-        options.append("real")
+    from viz_app import runs
+
+    options = ["random", "structured", "real"]
     if st.session_state.get("uploaded_qkv") is not None:
         options.append("uploaded")
     source = st.sidebar.radio("input", options, format_func=SOURCES.get, key=f"{key}_source")
@@ -38,43 +70,39 @@ def choose_inputs(n: int, d: int, *, key: str):
     return q, k, v
 
 
-def not_available(what: str, module: str):
-    st.info(f"**{what} is not available yet**: it needs `{module}`, which has not landed in refattn. "
-            "This page shows nothing rather than made-up numbers.")
+def choose_window(result, *, key: str):
+    """(first, last) steps sent to the browser: the whole run, or a block window of a long run (sidebar)."""
+    n = result.trace.n_steps
+    if n <= playback.MAX_WINDOW:
+        return 1, n
+    wins = playback.windows(result)
+    i = st.sidebar.selectbox(f"steps shown ({n:,} in all)", range(len(wins)), key=f"{key}_window",
+                             format_func=lambda j: f"{wins[j][0]} (steps {wins[j][1]:,}-{wins[j][2]:,})")
+    return wins[i][1], wins[i][2]
 
 
-def step_summary(trace, step: int) -> str:
-    """One line: what the step computed, loaded and stored (from the trace)."""
-    events = trace.events_at(step)
+def choose_state_steps(result, window, *, key: str) -> tuple:
+    """Steps whose running state is computed: one block of the window (sidebar), at most MAX_STATES steps."""
+    segs = [s for s in playback.segments(result) if s[2] >= window[0] and s[1] <= window[1]]
+    if not segs:
+        return ()
+    i = st.sidebar.selectbox("running state of", range(len(segs)), key=f"{key}_state_block",
+                             format_func=lambda j: f"{segs[j][0]} (steps {segs[j][1]}-{segs[j][2]})")
+    a, b = segs[i][1], segs[i][2]
+    return tuple(range(a, min(b, a + playback.MAX_STATES - 1) + 1))
 
-    def names(kind):
-        return ", ".join(dict.fromkeys(e.tensor for e in events if e.kind == kind and e.tensor)) or "-"
 
-    skipped = sum(e.kind == "skip" for e in events)
-    text = f"this step computes {names('compute')}; loads {names('load')}; stores {names('store')}"
-    return text + (f"; skips {skipped} tile(s)" if skipped else "")
+def step_player(runs_: list[tuple[str, object]], nq: int, nk: int, *, window=None, states=None, key: str):
+    """The client-side step player of one or more traced runs [(label, result)], side by side.
 
-
-def kernel_view(label: str, prefix: str, result, step: int, nq: int, nk: int, *, state=None, key=""):
-    """Title, counters (metrics + per-tensor table), tile grid, SRAM panel and row state of one run at ``step``."""
-    trace = result.trace
-    last = figures.last_step(trace)
-    s = min(step, last)
-    done = "finished" if s >= last else f"step {s} of {last}"
-    st.subheader(f"{label} · {done}")
-    st.caption(step_summary(trace, s))
-    traffic = trace.traffic_until(s, result.sram.bytes_per_element)
-    c1, c2, c3 = st.columns(3)
-    c1.metric(f"{prefix} HBM reads", f"{traffic.total_reads:,}", help="elements read from HBM so far")
-    c2.metric(f"{prefix} HBM writes", f"{traffic.total_writes:,}", help="elements written to HBM so far")
-    c3.metric(f"{prefix} total at end", f"{result.traffic.total:,}", help="the whole run's HBM accesses")
-    st.plotly_chart(figures.tile_grid(trace, s, nq, nk, result.plan, title="query x key tiles"),
-                    width="stretch", key=f"{key}_grid")
-    st.plotly_chart(figures.sram_panel(trace, s, result.sram.capacity), width="stretch",
-                    key=f"{key}_sram")
-    with st.expander("HBM counters per tensor (elements)", expanded=True):
-        st.table(figures.traffic_rows(traffic))
-    if state is not None:
-        st.plotly_chart(figures.row_state(state, title=f"running state of rows {state.rows}"),
-                        width="stretch", key=f"{key}_rows")
-    return traffic
+    The payload is built once per setting (viz_app.playback) and sent once; stepping, play and
+    scrubbing then happen in the browser.
+    """
+    panels = [playback.payload(res, nq, nk, label, window=window, states=states if i == 0 else None)
+              for i, (label, res) in enumerate(runs_)]
+    first = runs_[0][1]
+    jumps = [(f"{lab} (step {a})", a) for lab, a, b in playback.segments(first)
+             if window is None or window[0] <= a <= window[1]]
+    start = 0 if window is None or window[0] == 1 else window[0] - 1
+    st.iframe(player.player_html(panels, jumps=jumps, start=start), height=player.height(panels))
+    return panels

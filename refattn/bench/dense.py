@@ -33,7 +33,6 @@ D = 64
 #: and the standard kernel (S, P float32) are run: 4096 -> ~0.7 GB. At 16384
 #: they would need ~10 GB and ~2 GB, too much for a shared machine.
 MAX_N_MATERIALISED = 4096
-PAPER_FIG2 = {"standard": (40.3, 41.7, 66.6), "flash": (4.4, 7.3, 75.2)}  # GB, ms, GFLOPs
 
 
 def _median_time(repeats, fn, *args, **kwargs):
@@ -104,21 +103,11 @@ def wall_time(quick: bool) -> Table:
     return table
 
 
-def _scaled(traffic, factor):
-    from refattn.memory import Traffic
-
-    return Traffic({k: v * factor for k, v in traffic.reads.items()},
-                   {k: v * factor for k, v in traffic.writes.items()}, traffic.bytes_per_element)
-
-
 def figure2(quick: bool) -> Table:
-    from refattn import flash_backward, flash_forward, standard_backward, standard_forward
-    from refattn.memory import simulated_time
+    from refattn.bench import sweeps
 
     n, heads, batch = (256 if quick else 1024), 16, 64
     factor = heads * batch
-    rng = np.random.default_rng(0)
-    q, k, v, do = (rng.standard_normal((n, D)).astype(np.float32) for _ in range(4))
     table = Table(f"FlashAttention paper Figure 2: N = {n}, d = {D}, {heads} heads x batch {batch}, "
                   "forward + backward, a100 preset",
                   ["kernel", "HBM GB", "paper GB", "sim time ms", "paper ms", "GFLOPs", "paper GFLOPs", "bound"])
@@ -131,54 +120,32 @@ def figure2(quick: bool) -> Table:
                        "count; the robust target is the ratio (paper 40.3 / 4.4 = 9.2x)")
     if quick:
         table.notes.append("--quick: N = 256, so the paper columns are for reference only")
-    with tqdm(total=4, desc="figure 2", leave=False) as bar:
-        sf = standard_forward(q, k, v, sram="a100")
-        bar.update()
-        sb = standard_backward(q, k, v, sf.o, do, sram="a100")
-        bar.update()
-        ff = flash_forward(q, k, v, sram="a100", variant="fa2")
-        bar.update()
-        fb = flash_backward(q, k, v, ff.o, ff.lse, do, sram="a100")
-        bar.update()
-    rows = {}
-    for name, fwd, bwd in (("standard", sf, sb), ("flash", ff, fb)):
-        traffic = _scaled(fwd.traffic + bwd.traffic, factor)
-        flops = (fwd.flops + bwd.flops) * factor
-        t = simulated_time(traffic, flops, "a100")
-        rows[name] = (t["bytes"], t["time_s"])
-        gb, ms, gf = PAPER_FIG2[name]
-        table.add(f"{name} ({'3-pass' if name == 'standard' else 'FA2 fwd + bwd'})", t["bytes"] / 1e9, gb,
-                  t["time_s"] * 1e3, ms, flops / 1e9, gf, t["bound"])
-    table.notes.append(f"ratio standard / flash: {rows['standard'][0] / rows['flash'][0]:.1f}x fewer bytes, "
-                       f"{rows['standard'][1] / rows['flash'][1]:.1f}x less time (paper: 9.2x bytes, 5.7x time)")
+    fig = sweeps.figure2(n=n, d=D, heads=heads, batch=batch)  # refattn.bench.sweeps: shared with the app
+    for name in ("standard", "flash"):
+        row, paper = fig[name], sweeps.PAPER_FIG2[name]
+        table.add(f"{name} ({'3-pass' if name == 'standard' else 'FA2 fwd + bwd'})", row["GB"], paper["GB"],
+                  row["ms"], paper["ms"], row["flops"] / 1e9, paper["GFLOPs"], row["bound"])
+    table.notes.append(f"ratio standard / flash: {fig['standard']['bytes'] / fig['flash']['bytes']:.1f}x fewer bytes, "
+                       f"{fig['standard']['time_s'] / fig['flash']['time_s']:.1f}x less time "
+                       "(paper: 9.2x bytes, 5.7x time)")
     table.print()
     return table
 
 
 def block_sweep(quick: bool) -> Table:
-    from refattn import flash_forward
-    from refattn.memory import SramTooSmall, simulated_time
+    from refattn.bench import sweeps
 
     n, factor = (256 if quick else 1024), 16 * 64
     blocks = [32, 64, 128] if quick else [64, 128, 256, 512]
-    rng = np.random.default_rng(0)
-    q, k, v = (rng.standard_normal((n, D)).astype(np.float32) for _ in range(3))
     table = Table(f"FA2 forward block-size sweep: N = {n}, d = {D}, x {factor} heads, a100 preset",
                   ["block (Br=Bc)", "M used", "HBM GB", "sim time ms", "memory ms", "compute ms", "bound"])
     table.notes.append("paper (Fig. 2 middle): HBM accesses and runtime fall as the block grows from 64 to 256; "
                        "past 256 runtime stops improving (compute becomes the limit)")
-    table.notes.append("M used: the smallest power-of-two multiple of b*b + 4*b*d elements that the kernel accepts "
-                       "for that block (bandwidth and peak from the a100 preset)")
-    for b in tqdm(blocks, desc="block sweep", leave=False):
-        M = b * b + 4 * b * D
-        while True:
-            try:
-                r = flash_forward(q, k, v, sram=M, variant="fa2", block=(b, b))
-                break
-            except SramTooSmall:
-                M *= 2
-        t = simulated_time(_scaled(r.traffic, factor), r.flops * factor, "a100")
-        table.add(b, M, t["bytes"] / 1e9, t["time_s"] * 1e3, t["memory_s"] * 1e3, t["compute_s"] * 1e3, t["bound"])
+    table.notes.append("M used: the kernel's own on-chip footprint for that block (refattn.kernels.flash."
+                       "forward_footprint); bandwidth and peak from the a100 preset")
+    for r in sweeps.block_sweep(n, D, blocks, factor=factor):
+        table.add(r["block"], r["M"], r["GB"], r["time_s"] * 1e3, r["memory_s"] * 1e3, r["compute_s"] * 1e3,
+                  r["bound"])
     table.print()
     return table
 

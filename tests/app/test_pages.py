@@ -1,5 +1,6 @@
 """AppTest tests of every page: each control changes what it should, stepping advances, no exception."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import refattn  # noqa: E402
 from refattn.data import random_qkv  # noqa: E402
-from viz_app import figures  # noqa: E402
+from viz_app import playback  # noqa: E402
 
 APP = Path(__file__).resolve().parents[2] / "viz_app"
 TIMEOUT = 120  # the default 3 s is less than a first Numba compile
@@ -30,8 +31,18 @@ def metric(at: AppTest, label: str) -> int:
     return int(m.value.replace(",", ""))
 
 
-def button(at: AppTest, key: str):
-    return at.button(key=key)
+def player_data(at: AppTest) -> dict:
+    """The payload the page sent to the browser's step player (the JSON inside the iframe's page)."""
+    (frame,) = at.get("iframe")
+    doc = frame.proto.srcdoc
+    start = doc.index("const DATA = ") + len("const DATA = ")
+    return json.loads(doc[start:doc.index(";\nconst COL")])
+
+
+def no_toolbars(at: AppTest) -> bool:
+    """issue 15: at 390 px Plotly's toolbar covered the titles; every chart is shown without it."""
+    charts = at.get("plotly_chart")
+    return bool(charts) and all(json.loads(c.proto.config or "{}").get("displayModeBar") is False for c in charts)
 
 
 def test_app_entry_runs_the_forward_page():
@@ -47,50 +58,20 @@ def fwd_default():
         ("flash", refattn.flash_forward, {"variant": "fa2"}), ("standard", refattn.standard_forward, {}))}
 
 
-def test_forward_stepping_shows_the_library_counters(fwd_default):
-    flash, standard = fwd_default["flash"], fwd_default["standard"]
+def test_forward_page_sends_the_whole_run_once(fwd_default):
+    """Stepping happens in the browser: the page sends every step's counters, equal to the library's."""
     at = ok(page("forward").run())
-    assert at.session_state["fwd_step"] == 0
-
-    def check(step):
-        for prefix, res in (("flash", flash), ("standard", standard)):
-            s = min(step, figures.last_step(res.trace))
+    data = player_data(at)
+    assert [p["label"] for p in data["panels"]] == ["FlashAttention (FA2)", "standard"]
+    for p, res in zip(data["panels"], (fwd_default["flash"], fwd_default["standard"])):
+        assert p["n_steps"] == res.n_steps and p["window"] == [1, res.n_steps]
+        for s in (0, 1, 5, res.n_steps):
             tr = res.trace.traffic_until(s)
-            assert metric(at, f"{prefix} HBM reads") == tr.total_reads
-            assert metric(at, f"{prefix} HBM writes") == tr.total_writes
-            assert metric(at, f"{prefix} total at end") == res.traffic.total
-
-    check(0)
-    reads0 = metric(at, "flash HBM reads")
-    ok(button(at, "fwd_fwd").click().run())
-    assert at.session_state["fwd_step"] == 1
-    check(1)
-    assert metric(at, "flash HBM reads") > reads0  # the counters advance with the step
-    ok(button(at, "fwd_end").click().run())
-    last = max(figures.last_step(flash.trace), figures.last_step(standard.trace))
-    assert at.session_state["fwd_step"] == last
-    check(last)
-    assert metric(at, "flash HBM reads") == flash.traffic.total_reads
-    assert any("finished" in h.value for h in at.subheader)
-    ok(button(at, "fwd_back").click().run())
-    assert at.session_state["fwd_step"] == last - 1
-    ok(at.slider(key="fwd_step").set_value(5).run())
-    check(5)
-    ok(button(at, "fwd_first").click().run())
-    assert at.session_state["fwd_step"] == 0
-
-
-def test_forward_play_advances_one_step_per_tick():
-    at = ok(page("forward").run())
-    ok(at.toggle(key="fwd_play").set_value(True).run())
-    first = at.session_state["fwd_step"]
-    ok(at.run())
-    ok(at.run())
-    assert at.session_state["fwd_step"] == first + 2
-    ok(at.toggle(key="fwd_play").set_value(False).run())
-    paused = at.session_state["fwd_step"]
-    ok(at.run())
-    assert at.session_state["fwd_step"] == paused
+            assert (sum(p["reads"][s]), sum(p["writes"][s])) == (tr.total_reads, tr.total_writes)
+    flash = data["panels"][0]
+    assert flash["state"]["steps"] == list(range(1, 9))  # running state of query block 1 (its 8 steps)
+    f, s = fwd_default["flash"].traffic.total, fwd_default["standard"].traffic.total
+    assert f"flash moves {f:,} HBM accesses, standard {s:,}: flash moves {s / f:.1f}x fewer" in at.markdown[1].value
 
 
 def test_forward_controls_change_the_run():
@@ -99,19 +80,14 @@ def test_forward_controls_change_the_run():
     assert "**Br** = 16" in plan_text and "**variant** = fa2" in plan_text
     ok(at.radio(key="fwd_variant").set_value("fa1").run())
     assert "**variant** = fa1" in at.markdown[0].value and "**Bc** = 16" in at.markdown[0].value
-    ok(at.select_slider(key="fwd_n").set_value(32).run())
-    q, k, v = random_qkv(32, 16, seed=0)
-    res = refattn.flash_forward(q, k, v, sram=1024, variant="fa1")
-    assert metric(at, "flash total at end") == res.traffic.total
+    at.select_slider(key="fwd_n").set_value(32)
     ok(at.toggle(key="fwd_causal").set_value(True).run())
-    res = refattn.flash_forward(q, k, v, sram=1024, variant="fa1", causal=True)
-    assert metric(at, "flash total at end") == res.traffic.total
-    ok(at.radio(key="fwd_m_choice").set_value("a100").run())
-    assert f"**M** = {refattn.CHIPS['a100'].sram_elements}" in at.markdown[0].value
-    ok(at.number_input(key="fwd_seed").set_value(3).run())
-    q, k, v = random_qkv(32, 16, seed=3)
-    res = refattn.flash_forward(q, k, v, sram="a100", variant="fa1", causal=True)
-    assert metric(at, "flash total at end") == res.traffic.total
+    q, k, v = random_qkv(32, 16, seed=0)
+    res = refattn.flash_forward(q, k, v, sram=1024, variant="fa1", causal=True, trace=True)
+    p = player_data(at)["panels"][0]
+    assert p["total_reads"] + p["total_writes"] == res.traffic.total and p["causal_offset"] == 0
+    ok(at.selectbox(key="fwd_state_block").set_value(1).run())  # the running state of another key block
+    assert player_data(at)["panels"][0]["state"]["steps"][0] == playback.segments(res)[1][1]
 
 
 def test_forward_sram_too_small_is_a_message():
@@ -122,35 +98,25 @@ def test_forward_sram_too_small_is_a_message():
     assert any("SRAM too small" in e.value for e in at.error)
 
 
-def test_backward_page_steps_and_compares():
+def test_backward_page_compares_with_its_own_numbers():
     at = ok(page("backward").run())
-    if not hasattr(refattn.kernels, "flash_backward") and at.info:
-        assert "not available yet" in at.info[0].value
-        return
-    reads0 = metric(at, "flash HBM reads")
-    ok(button(at, "bwd_fwd").click().run())
-    assert at.session_state["bwd_step"] == 1
-    assert metric(at, "flash HBM reads") > reads0
-    ok(button(at, "bwd_end").click().run())
-    assert metric(at, "flash HBM reads") + metric(at, "flash HBM writes") == metric(at, "flash total at end")
-    flash_total = metric(at, "flash total at end")
-    ok(at.select_slider(key="bwd_n").set_value(32).run())
-    assert metric(at, "flash total at end") < flash_total
+    flash, standard = (p["total_reads"] + p["total_writes"] for p in player_data(at)["panels"])
+    sentence = at.markdown[1].value
+    assert f"flash {flash:,} vs standard {standard:,}" in sentence
+    assert ("saves traffic:" in sentence) == (flash < standard)
 
 
-def test_io_page_counts_match_closed_forms():
+def test_io_page_comes_from_the_library_sweeps():
+    from refattn.bench import sweeps
+
     at = ok(page("io").run())
     n_table = at.table[0].value
-    assert list(n_table["standard"]) == list(n_table["standard closed form"])
-    assert list(n_table["flash"]) == list(n_table["flash closed form"])
+    m = refattn.CHIPS["a100"].sram_elements  # the default M of the N sweep
+    want = sweeps.n_sweep((128,), 64, m)[0]
+    assert n_table["flash"][0] == want["flash"]["total"] and n_table["standard"][0] == want["standard"]["total"]
     m_table = at.table[1].value
     assert np.all(np.diff(m_table["flash"].to_numpy()) < 0)  # more SRAM, less traffic
-    ok(at.radio(key="io_variant").set_value("fa1").run())
-    n_table = at.table[0].value
-    assert list(n_table["flash"]) == list(n_table["flash closed form"])
-    q, k, v = random_qkv(128, 64, seed=0)
-    m = refattn.CHIPS["a100"].sram_elements  # the default M of the N sweep
-    assert n_table["flash"][0] == refattn.flash_forward(q, k, v, sram=m, variant="fa1").traffic.total
+    assert f"{n_table['flash'].iloc[-1]:,}" in at.markdown[0].value  # the sentence quotes the table
 
 
 def test_upload_page_accepts_the_example_and_the_forward_page_uses_it():
@@ -171,17 +137,24 @@ def test_forward_page_with_an_uploaded_input():
     ok(at.run())
     ok(at.radio(key="fwd_source").set_value("uploaded").run())
     res = refattn.flash_forward(q, k, v, sram=1024, variant="fa2")
-    assert metric(at, "flash total at end") == res.traffic.total
+    p = player_data(at)["panels"][0]
+    assert (p["nq"], p["total_reads"] + p["total_writes"]) == (48, res.traffic.total)
+    # issue 15: the N and d sliders kept showing their old values; now they give way to the upload's shape
+    assert not [s for s in at.select_slider if s.key in ("fwd_n", "fwd_d")]
+    assert any("N = 48, d = 8: from the uploaded Q/K/V" in c.value for c in at.sidebar.caption)
 
 
 def test_minference_page_patterns_and_stepping():
     at = ok(page("minference").run())
     density = float(at.metric[0].value)
     assert 0 < density < 1
-    reads0 = int(at.metric[5].value.replace(",", ""))
-    ok(at.button(key="mi_fwd").click().run())
-    assert at.session_state["mi_step"] == 1
-    assert int(at.metric[5].value.replace(",", "")) > reads0
+    p = player_data(at)["panels"][0]  # the sparse kernel's run, sent to the browser's player
+    assert p["kernel"] == "sparse_forward" and sum(p["reads"][-1]) == p["total_reads"]
+    options = at.selectbox(key="mi_pattern").options
+    assert len(options) == len(set(options))  # issue 15: duplicate candidates in the selector
+    table = at.table[0].value
+    assert not table.duplicated(["head", "candidate"]).any()  # ... and in the table
+    assert no_toolbars(at)
     ok(at.radio(key="mi_head").set_value(1).run())  # the planted A-shape head
     assert "Pattern:" in at.markdown[0].value
     ok(at.selectbox(key="mi_pattern").set_value(1).run())  # the A-shape candidate
@@ -201,6 +174,8 @@ def test_vitcod_page_mask_sources_and_autoencoder():
     assert metric(at, "ViTCoD cycles (layer)") == simulate_layer(keep[5]).total
     table = at.table[0].value
     assert table["total"][1] < table["total"][0]  # the auto-encoder moves fewer bytes
+    assert no_toolbars(at)
+    assert len(at.get("iframe")) == 2  # PE arrays in motion: the engines' lines and the GEMM on the array
     ok(at.radio(key="vc_source").set_value("synthetic").run())
     d_low = float(at.metric[0].value)
     ok(at.select_slider(key="vc_density").set_value(0.3).run())

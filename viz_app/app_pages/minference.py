@@ -3,17 +3,14 @@
 import numpy as np
 import streamlit as st
 
-from viz_app import figures, runs, stepper, views
+from viz_app import figures, views
+from viz_app.figures import PLOTLY_CONFIG
 
 st.title("MInference: dynamic sparse prefill")
 st.caption("Per head: estimate a pattern from the input itself (vertical-slash: the last 64 queries; block-sparse: "
            "mean-pooled blocks), build an index set of key blocks and single key columns, and run only those "
            "tiles. Inputs: causal Q/K/V with planted structure (refattn.data.synthetic), one head of each kind.")
 
-needed = ("refattn.patterns", "refattn.patterns.search", "refattn.patterns.metrics", "refattn.data.synthetic")
-if not (all(runs.module_available(m) for m in needed) and runs.available("sparse_forward")):
-    views.not_available("The MInference view", ", ".join(needed) + " and refattn.sparse_forward")
-    st.stop()
 
 
 @st.cache_data(max_entries=4, show_spinner="generating inputs...")
@@ -37,7 +34,19 @@ def candidates(n, seed, head):
     from refattn.patterns.search import default_candidates
 
     q, k, _, _ = inputs(n, seed)
-    return default_candidates(q[head], k[head])
+    cands, target = default_candidates(q[head], k[head])
+    return unique_candidates(cands), target
+
+
+def unique_candidates(cands):
+    """The candidates once each (the search may list a (pattern, params) pair twice)."""
+    seen, out = set(), []
+    for name, params in cands:
+        key = (name, tuple(sorted(params.items())))
+        if key not in seen:
+            seen.add(key)
+            out.append((name, params))
+    return out
 
 
 @st.cache_data(max_entries=32, show_spinner="building the index set and running the sparse kernel...")
@@ -88,48 +97,40 @@ c[4].metric("dense FA2 HBM accesses", f"{report.traffic_dense:,}",
 
 left, right = st.columns(2)
 left.plotly_chart(figures.attention_map(probs, title="true causal attention (float64), max-pooled"),
-                  width="stretch", key="mi_true")
+                  width="stretch", key="mi_true", config=PLOTLY_CONFIG)
 right.plotly_chart(figures.attention_map(probs, mask=mask, title="index set drawn over the map (red = computed)"),
-                   width="stretch", key="mi_overlay")
+                   width="stretch", key="mi_overlay", config=PLOTLY_CONFIG)
 
 if name == "vertical_slash":
     st.plotly_chart(figures.attention_map(built.estimate, title="estimate: softmax of the last 64 queries"),
-                    width="stretch", key="mi_est")
+                    width="stretch", key="mi_est", config=PLOTLY_CONFIG)
     a, b = st.columns(2)
     a.plotly_chart(figures.scores_line(built.vertical_scores, title="vertical scores (per key column)",
-                                       x_title="key column", kept=built.columns), width="stretch", key="mi_vert")
+                                       x_title="key column", kept=built.columns), width="stretch", key="mi_vert",
+                   config=PLOTLY_CONFIG)
     b.plotly_chart(figures.scores_line(built.slash_scores, title="slash scores (per diagonal offset)",
-                                       x_title="offset i - j", kept=built.offsets), width="stretch", key="mi_slash")
+                                       x_title="offset i - j", kept=built.offsets), width="stretch", key="mi_slash",
+                   config=PLOTLY_CONFIG)
 elif name == "block_sparse":
     st.plotly_chart(figures.attention_map(np.where(np.isfinite(built.block_scores), built.block_scores, np.nan),
-                                          title="block scores (mean-pooled Q·K per 64-token block)", log=False),
-                    width="stretch", key="mi_blocks")
+                                          title="block scores (mean-pooled Q·K per 64-token block)", log=False,
+                                          value_name="block score"),
+                    width="stretch", key="mi_blocks", config=PLOTLY_CONFIG)
 
 st.subheader("The sparse kernel, tile by tile")
-interval = stepper.play_controls("mi")
-
-
-@st.fragment(run_every=interval)
-def step_view():
-    last = figures.last_step(traced.trace)
-    step = stepper.step_controls("mi", last)
-    tr = traced.trace.traffic_until(step)
-    a, b = st.columns([2, 1])
-    a.plotly_chart(figures.state_map(figures.sparse_cover(traced.trace, step, n, n),
-                                     title=f"computed entries after step {step} of {last}"),
-                   width="stretch", key="mi_cover")
-    with b:
-        st.metric("sparse HBM reads so far", f"{tr.total_reads:,}")
-        st.metric("sparse HBM writes so far", f"{tr.total_writes:,}")
-        st.caption(views.step_summary(traced.trace, step))
-
-
-step_view()
+st.caption("Each step is one listed key block or one tile of gathered single columns of a query block; the run is "
+           "sent to the browser once and stepped there.")
+views.step_player([("sparse kernel", traced)], n, n, window=views.choose_window(traced, key="mi"), key="mi")
 
 st.subheader("Per-head choices of the kernel-aware search")
 rows = []
 for h, hc in enumerate(config.heads):
+    listed = set()
     for cand in hc.candidates:
+        key = (cand["pattern"], str(sorted(cand["params"].items())))
+        if key in listed:
+            continue
+        listed.add(key)
         rows.append({"head": h, "planted": desc[h]["kind"], "candidate": f"{cand['pattern']} {cand['params']}",
                      "chosen": cand["pattern"] == hc.pattern and cand["params"] == hc.params,
                      "error": float(f"{cand['error']:.3g}"), "recall": round(cand["recall"], 4),

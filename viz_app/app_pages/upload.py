@@ -7,7 +7,8 @@ import streamlit as st
 
 from refattn import reference
 from viz_app import figures
-from viz_app.inputs import InputError, attention_map_from_arrays, qkv_from_arrays, read_upload
+from viz_app.figures import PLOTLY_CONFIG
+from viz_app.inputs import MAX_UPLOAD_BYTES, InputError, attention_map_from_arrays, qkv_from_arrays, read_upload
 
 st.title("Inputs: upload Q/K/V or an attention map")
 st.markdown(
@@ -31,10 +32,10 @@ def accept(name: str, data: bytes):
     """Parse one file and store what it holds in the session; errors become messages."""
     try:
         arrays = read_upload(name, data)
-        if any(key.lower() in ("q", "k", "v") for key in arrays):
-            st.session_state["uploaded_qkv"] = qkv_from_arrays(arrays)
+        if any(key.lower() in ("q", "k", "v") for key in arrays) or len(arrays) == 3:
+            st.session_state["uploaded_qkv"], notes = qkv_from_arrays(arrays, notes=True)
             st.session_state["uploaded_name"] = name
-            st.success(f"{name}: Q/K/V accepted")
+            st.success(f"{name}: Q/K/V accepted" + "".join(f"; {n}" for n in notes))
         else:
             st.session_state["uploaded_map"] = attention_map_from_arrays(arrays)
             st.session_state["uploaded_name"] = name
@@ -45,7 +46,8 @@ def accept(name: str, data: bytes):
 
 c1, c2 = st.columns([3, 1])
 with c1:
-    upload = st.file_uploader("a .npy or .npz file", key="upload_file")
+    upload = st.file_uploader("a .npy or .npz file", key="upload_file", type=["npy", "npz"],
+                              max_upload_size=MAX_UPLOAD_BYTES // 2**20)  # the limit the checks enforce
     if upload is not None:
         accept(upload.name, upload.getvalue())
 with c2:
@@ -67,9 +69,9 @@ if qkv is not None:
                 "The forward and backward pages now list *uploaded* as an input.")
     probs, _ = reference.attention_probs(q, k)
     st.plotly_chart(figures.attention_map(probs, title="softmax(QKᵀ/√d) of the upload (float64 reference)"),
-                    width="stretch", key="upload_qkv_map")
+                    width="stretch", key="upload_qkv_map", config=PLOTLY_CONFIG)
 if amap is not None:
     st.subheader("Uploaded attention map")
     st.markdown(f"shape {amap.shape}; row sums from {amap.sum(1).min():.3g} to {amap.sum(1).max():.3g}")
     st.plotly_chart(figures.attention_map(amap, title="uploaded attention map"), width="stretch",
-                    key="upload_map")
+                    key="upload_map", config=PLOTLY_CONFIG)

@@ -3,16 +3,15 @@
 import numpy as np
 import streamlit as st
 
-from viz_app import figures, runs, views
+from refattn.pe_array import simulate_gemm
+from viz_app import claims, figures, pe_view, player
+from viz_app.figures import PLOTLY_CONFIG
 
 st.title("ViTCoD: split sparse and dense attention")
 st.caption("A fixed attention mask (pruned once from averaged maps); global tokens moved to the front, so the first "
            "G columns form a dense block for the denser engine and the rest is a sparse, mostly local pattern for "
            "the sparser engine. Cycle counts from refattn.vitcod.engines on the shared PE-array model.")
 
-if not all(runs.module_available(m) for m in ("refattn.vitcod", "refattn.pe_array", "refattn.data.vit")):
-    views.not_available("The ViTCoD view", "refattn.vitcod, refattn.pe_array and refattn.data.vit")
-    st.stop()
 
 
 @st.cache_data(max_entries=2, show_spinner="loading the DeiT-Tiny mask...")
@@ -52,6 +51,19 @@ def simulate(masks, d: int = 64):
 
     return (simulate_layer(masks, d=d), simulate_layer(masks, d=d, autoencoder=True), dense_baseline(masks, d=d),
             unsplit_sparse_baseline(masks, d=d), [split_mask(m) for m in masks])
+
+
+@st.cache_data(max_entries=8, show_spinner="running the ViTCoD kernel step by step (compiles on first use)...")
+def engine_steps(masks, d: int):
+    """The engines payload of vitcod_forward on ``masks`` and, per head, the denser engine's line count."""
+    from refattn.vitcod import vitcod_forward
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((masks.shape[0], masks.shape[-1], d)).astype(np.float32) for _ in range(3))
+    run = vitcod_forward(q, k, v, masks, trace=True)
+    states = {s: vitcod_forward(q, k, v, masks, stop_after=s).state for s in range(1, run.n_steps + 1)}
+    lines = [int(np.sum(states[5 * h + 2].arrays["line_engine"] == 0)) for h in range(masks.shape[0])]
+    return pe_view.engines_payload(states, run), lines
 
 
 sb = st.sidebar
@@ -95,21 +107,26 @@ c[0].metric("kept density", f"{masks[head].mean():.3f}")
 c[1].metric("global tokens G", f"{sp.g}")
 c[2].metric("ViTCoD cycles (layer)", f"{dense_run.total:,}")
 c[3].metric("dense baseline cycles", f"{dense_base.total:,}",
-            delta=f"{dense_base.total / max(dense_run.total, 1):.1f}x slower", delta_color="off")
+            delta=claims.ratio_words(dense_base.total, dense_run.total, more="more cycles", fewer="fewer cycles"),
+            delta_color="off")
 c[4].metric("one sparse engine, no split", f"{unsplit.total:,}")
+st.markdown(claims.engines_sentence(dense_run.total, dense_base.total, unsplit.total, dense_run.bound,
+                                    dense_run.utilization))
 
 cols = st.columns(3)
 if maps is not None:
     cols[0].plotly_chart(figures.attention_map(maps[head], title="averaged attention (before pruning)"),
-                         width="stretch", key="vc_before")
+                         width="stretch", key="vc_before", config=PLOTLY_CONFIG)
 else:
     cols[0].info("The bundled DeiT-Tiny file holds the pruned mask only (the averaged maps are not published).")
 perm = sp.permuted_mask()
-cols[1].plotly_chart(figures.attention_map(masks[head].astype(float), log=False, title="kept mask (after pruning)"),
-                     width="stretch", key="vc_mask")
-fig = figures.attention_map(perm.astype(float), log=False, title=f"reordered: first G = {sp.g} columns dense")
+cols[1].plotly_chart(figures.attention_map(masks[head].astype(float), log=False, title="kept mask (after pruning)",
+                                                           value_name="kept"),
+                     width="stretch", key="vc_mask", config=PLOTLY_CONFIG)
+fig = figures.attention_map(perm.astype(float), log=False, value_name="kept",
+                              title=f"reordered: first G = {sp.g} columns dense")
 fig.add_vline(x=sp.g - 0.5, line=dict(color="red"))
-cols[2].plotly_chart(fig, width="stretch", key="vc_perm")
+cols[2].plotly_chart(fig, width="stretch", key="vc_perm", config=PLOTLY_CONFIG)
 
 st.subheader("Work split between the engines (one layer, heads one after another)")
 spans, t = [], dense_run.decode
@@ -124,9 +141,28 @@ for h, hc in enumerate(dense_run.heads):  # per head, lines split in proportion 
         t += max(dn, sn)
 spans.append({"lane": "HBM preload", "start": 0, "end": dense_run.preload, "label": "preload"})
 st.plotly_chart(figures.timeline(spans, title=f"cycles (layer total {dense_run.total:,}, {dense_run.bound}-bound)"),
-                width="stretch", key="vc_timeline")
+                width="stretch", key="vc_timeline", config=PLOTLY_CONFIG)
 util = dense_run.utilization
 st.markdown(" · ".join(f"**{name}** PE utilisation {val:.0%}" for name, val in util.items()))
+
+st.subheader("PE arrays in motion")
+st.caption("The ViTCoD kernel (refattn.vitcod_forward) on this layer's masks with random Q, K, V (d = 64), stopped "
+           "after each step: what every MAC line of the two engines did. Below it, the denser engine's SDDMM of the "
+           "chosen head as a GEMM on its systolic array (refattn.pe_array), cycle by cycle, for each dataflow. "
+           "Both play in the browser.")
+engines, first_lines = engine_steps(np.ascontiguousarray(masks), head_dim)
+st.iframe(player.pe_player_html(engines), height=480)
+c1, c2 = st.columns(2)
+dataflow = c1.radio("dataflow of the GEMM", ["os", "ws", "is"], horizontal=True, key="vc_dataflow",
+                    format_func={"os": "output stationary", "ws": "weight stationary", "is": "input stationary"}.get)
+shape = c2.radio("GEMM", ["example", "head"], horizontal=True, key="vc_gemm",
+                 format_func={"example": "a small example: 16 x 8 times 8 x 16 on 8 x 8 PEs",
+                              "head": f"head {head}'s dense SDDMM: {n} x {head_dim} times {head_dim} x {sp.g}"}.get)
+if shape == "example":
+    gemm = simulate_gemm(16, 16, 8, rows=8, cols=8, dataflow=dataflow)
+else:  # the denser engine: 8 x Ld PEs, Ld its share of the MAC lines for this head
+    gemm = simulate_gemm(n, max(sp.g, 1), head_dim, rows=8, cols=max(int(first_lines[head]), 1), dataflow=dataflow)
+st.iframe(player.pe_player_html(pe_view.gemm_payload(gemm)), height=120 + 8 * 48 + 80)
 
 st.subheader("Data movement with and without the Q/K auto-encoder")
 plain, ae = dense_run.bytes, ae_run.bytes
@@ -134,7 +170,7 @@ names = sorted(set(plain) | set(ae), key=lambda x: ["Q", "K", "V", "O", "index",
                if x in ["Q", "K", "V", "O", "index", "decoder"] else 99)
 st.plotly_chart(figures.paper_comparison({x: plain.get(x, 0) for x in names}, {x: ae.get(x, 0) for x in names},
                                          title="bytes moved per layer", labels=("no auto-encoder", "auto-encoder")),
-                width="stretch", key="vc_bytes")
+                width="stretch", key="vc_bytes", config=PLOTLY_CONFIG)
 st.table([{"": "no auto-encoder", **plain, "total": sum(plain.values()), "cycles": dense_run.total},
           {"": "auto-encoder", **{x: ae.get(x, 0) for x in names}, "total": sum(ae.values()), "cycles": ae_run.total}])
 st.caption(f"N = {n} tokens, {masks.shape[0]} heads. The auto-encoder compresses Q and K across heads "
