@@ -15,14 +15,20 @@ d the tiles are tiny and the re-reads dominate.
 
 This lesson sweeps M and N with the counted kernels, checks the Theta(N^2 d^2/M)
 shape exactly, and reproduces the paper's Figure 2 (GPT-2 medium attention on
-an A100) on the simulated A100 preset.
+an A100) on the simulated A100 preset. The sweeps run the kernels with
+``count_only=True``: the same loops, loads and stores with the arithmetic
+skipped, so the counts are exact and even a 64k-token problem takes under a
+second (docs/contract.md).
 """
+
+import time
 
 import _course as c
 import numpy as np
 
 import refattn
 from refattn.bench.dense import figure2
+from refattn.bench.sweeps import count_run
 from refattn.data import random_qkv
 
 c.intro(__doc__, "IO complexity")
@@ -36,8 +42,8 @@ by M / (N^2 d^2), the constant hidden in Theta(N^2 d^2 / M).""")
 print(f"    {'M':>8} {'Br':>4} {'Tr':>4} {'FA2 total':>10} {'standard':>10} {'K+V reads * M/(N^2 d^2)':>24}")
 rows = {}
 for M in (512, 1024, 2048, 4096, 16384, 32768, 1_000_000):
-    fa2 = refattn.flash_forward(q, k, v, sram=M, variant="fa2")
-    std = refattn.standard_forward(q, k, v, sram=M)
+    fa2 = refattn.flash_forward(q, k, v, sram=M, variant="fa2", count_only=True)
+    std = refattn.standard_forward(q, k, v, sram=M, count_only=True)
     kv = fa2.traffic.of("K")[0] + fa2.traffic.of("V")[0]
     rows[M] = (fa2, std, kv)
     br, tr = fa2.plan.blocks["Br"], fa2.plan.tiles["Tr"]
@@ -45,6 +51,9 @@ for M in (512, 1024, 2048, 4096, 16384, 32768, 1_000_000):
           f"{kv * M / (n * n * d * d):>24.3g}")
     c.claim(kv == 2 * fa2.plan.tiles["Tr"] * n * d,
             f"M = {M}: K and V are read exactly Tr = {fa2.plan.tiles['Tr']} times each")
+full = refattn.flash_forward(q, k, v, sram=4096, variant="fa2")  # the same kernel, arithmetic included
+c.claim(full.traffic == rows[4096][0].traffic and (full.flops, full.exps) == (rows[4096][0].flops, rows[4096][0].exps),
+        "a full run at M = 4096 counts exactly what its count-only run counted (and also computes O)")
 regular = [M for M in rows if rows[M][0].plan.blocks["Br"] * 4 * d == M]
 c.show("sizes where Br = M/(4d) exactly (the paper's rule, not clipped)", regular)
 c.claim(len(regular) >= 3 and all(rows[M][2] * M == 8 * n * n * d * d for M in regular),
@@ -61,14 +70,16 @@ c.say("""Step 2. Sweep N at a fixed SRAM: the A100-like preset ("a100": 192 KB p
 so M = 98304 elements), d = 64. Both counts grow with N, but the ratio standard / FA2 grows too,
 because FA2's N^2 term carries the small factor d^2/M.""")
 ratios = []
-for nn in (256, 512, 1024, 2048):
-    qq, kk, vv = random_qkv(nn, 64, dtype=np.float32, seed=5)
-    fa2 = refattn.flash_forward(qq, kk, vv, sram="a100", variant="fa2")
-    std = refattn.standard_forward(qq, kk, vv, sram="a100")
+for nn in (256, 512, 1024, 2048, 4096, 16384):
+    fa2, std = count_run("fa2", nn, 64, "a100"), count_run("standard", nn, 64, "a100")
     ratios.append(std.traffic.total / fa2.traffic.total)
     c.show(f"N = {nn:5d}", f"standard {std.traffic.total:>9}, FA2 {fa2.traffic.total:>8} elements, "
            f"ratio {ratios[-1]:.1f}x")
 c.claim(all(b > a for a, b in zip(ratios, ratios[1:])), "the standard / FA2 ratio grows with N on the a100 preset")
+t0 = time.perf_counter()
+huge = count_run("fa2", 65536, 128, "a100")
+c.show("FA2 at N = 65536, d = 128 (count-only)", f"{huge.traffic.total:.3e} elements in {huge.n_steps} tile steps, "
+       f"counted in {time.perf_counter() - t0:.2f} s")
 
 c.say("""Step 3. The paper's Figure 2 (left): GPT-2 medium attention (N = 1024, d = 64, 16 heads, batch 64)
 forward and backward on an A100. refattn runs one head with the real kernels, multiplies the counts

@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("conform", help="property-test an attention function: refattn conform pkg.mod:fn")
     p.add_argument("target", help="package.module:function")
-    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--max-examples", type=int, default=None, help="examples to draw (default 100)")
     p.add_argument("--capabilities", default=None, help="JSON object of capabilities (see refattn.testing)")
+    p.add_argument("--seed", type=int, default=None, help="fix hypothesis's random choices (default: fresh)")
     p.set_defaults(func=_cmd_conform)
     return parser
 

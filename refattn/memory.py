@@ -22,7 +22,9 @@ The device arrays (one :class:`Mem`)
 ``ops     (2,) int64``             [matmul FLOPs, exponentials].
 ``slots   (N_SLOTS,) int64``       elements each on-chip buffer ("slot") holds now.
 ``sram    (3,) int64``             [current occupancy, peak occupancy, capacity M].
-``trace   (cap, 10) int64``        event records (see ``TRACE_FIELDS``); cap may be 0.
+``trace   (cap + 1, 10) int64``    event records (see ``TRACE_FIELDS``); cap may be 0. The last row
+                                   is a sink: events past the capacity (all of them when cap = 0)
+                                   are written there and only counted, see "Cost of a counter".
 ``cursor  (4,) int64``             [events seen, current step, stop_after (-1: never), head].
 
 SRAM accounting: a kernel names the buffer ("slot") each load fills or each
@@ -38,6 +40,13 @@ tile); every event recorded before it carries that step's 1-based number. It
 returns True when the run was asked to stop there (``stop_after``), and the
 kernel then saves its on-chip state and returns early. The app steps by
 rerunning to step k.
+
+Cost of a counter: the primitives below are branch-free (an event past the
+trace capacity goes to the sink row; the peak is a ``max``). Numba then drops
+the reference counting of the ``Mem`` arrays around each inlined call, which
+otherwise costs about 90 ns per call (atomic increments on six arrays); a
+count-only sweep (docs/contract.md) is made of nothing but these calls, at about
+3 ns each.
 
 Time model (:func:`simulated_time`): the whole device streams HBM at its
 bandwidth and computes at its peak rate, and the two overlap perfectly, so
@@ -95,7 +104,7 @@ def new_mem(capacity: int, *, trace_capacity: int = 0, stop_after: int | None = 
         ops=np.zeros(2, np.int64),
         slots=np.zeros(N_SLOTS, np.int64),
         sram=np.array([0, 0, int(capacity)], np.int64),
-        trace=np.zeros((int(trace_capacity), TRACE_WIDTH), np.int64),
+        trace=np.zeros((int(trace_capacity) + 1, TRACE_WIDTH), np.int64),  # + the sink row
         cursor=np.array([0, 0, -1 if stop_after is None else int(stop_after), 0], np.int64),
     )
 
@@ -106,29 +115,28 @@ def new_mem(capacity: int, *, trace_capacity: int = 0, stop_after: int | None = 
 @numba.njit(cache=True, inline="always")
 def _record(mem, kind, tensor, slot, r0, r1, c0, c1, append=0):
     n = mem.cursor[0]
-    if n < mem.trace.shape[0]:
-        rec = mem.trace[n]
-        rec[0] = mem.cursor[1] + 1  # the step being worked on, 1-based
-        rec[1] = kind
-        rec[2] = tensor
-        rec[3] = slot
-        rec[4] = mem.cursor[3]
-        rec[5] = r0
-        rec[6] = r1
-        rec[7] = c0
-        rec[8] = c1
-        rec[9] = append
+    rec = mem.trace[min(n, mem.trace.shape[0] - 1)]  # past the capacity: the sink row (no branch)
+    rec[0] = mem.cursor[1] + 1  # the step being worked on, 1-based
+    rec[1] = kind
+    rec[2] = tensor
+    rec[3] = slot
+    rec[4] = mem.cursor[3]
+    rec[5] = r0
+    rec[6] = r1
+    rec[7] = c0
+    rec[8] = c1
+    rec[9] = append
     mem.cursor[0] = n + 1
 
 
 @numba.njit(cache=True, inline="always")
 def _fill_slot(mem, slot, n, append):
     old = mem.slots[slot]
-    new = old + n if append else n
+    new = n + old * append  # append is 0 or 1
     mem.slots[slot] = new
-    mem.sram[0] += new - old
-    if mem.sram[0] > mem.sram[1]:
-        mem.sram[1] = mem.sram[0]
+    now = mem.sram[0] + new - old
+    mem.sram[0] = now
+    mem.sram[1] = max(mem.sram[1], now)
 
 
 @numba.njit(cache=True, inline="always")
@@ -136,7 +144,7 @@ def load(mem, tensor, slot, r0, r1, c0, c1):
     """Read tensor[r0:r1, c0:c1] from HBM into on-chip buffer ``slot`` (replacing it)."""
     n = (r1 - r0) * (c1 - c0)
     mem.counts[tensor, 0] += n
-    _fill_slot(mem, slot, n, False)
+    _fill_slot(mem, slot, n, 0)
     _record(mem, EV_LOAD, tensor, slot, r0, r1, c0, c1)
 
 
@@ -145,7 +153,7 @@ def load_more(mem, tensor, slot, r0, r1, c0, c1):
     """Like :func:`load` but appends to the slot (gathers of single rows/columns)."""
     n = (r1 - r0) * (c1 - c0)
     mem.counts[tensor, 0] += n
-    _fill_slot(mem, slot, n, True)
+    _fill_slot(mem, slot, n, 1)
     _record(mem, EV_LOAD, tensor, slot, r0, r1, c0, c1, 1)
 
 
@@ -163,7 +171,7 @@ def hold(mem, tensor, slot, r0, r1, c0, c1):
     Records a compute event; no HBM traffic. ``tensor`` names what was computed
     and the ranges give its block (for S/P: query rows x key columns).
     """
-    _fill_slot(mem, slot, (r1 - r0) * (c1 - c0), False)
+    _fill_slot(mem, slot, (r1 - r0) * (c1 - c0), 0)
     _record(mem, EV_COMPUTE, tensor, slot, r0, r1, c0, c1)
 
 
@@ -358,8 +366,8 @@ class Trace:
 
 def make_trace(mem: Mem, slot_names=()) -> Trace | None:
     """Turn a run's trace array into a :class:`Trace`; raises if it overflowed."""
-    cap = mem.trace.shape[0]
-    if cap == 0:
+    cap = mem.trace.shape[0] - 1  # the last row is the sink
+    if cap <= 0:
         return None
     n = int(mem.cursor[0])
     if n > cap:

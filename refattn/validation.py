@@ -112,13 +112,39 @@ def check_scale(scale, d, where="attention"):
     return scale
 
 
+#: Rows per chunk in the range checks below: their temporaries stay small for long inputs
+#: (a count-only run of a 64k-token problem allocates no (N, d) array, docs/contract.md).
+_CHUNK_ROWS = 1024
+
+
+def _row_chunks(x):
+    rows = np.reshape(x, (-1, x.shape[-1]))
+    for i in range(0, rows.shape[0], _CHUNK_ROWS):
+        yield rows[i:i + _CHUNK_ROWS]
+
+
+def max_abs(x, finite_only=False) -> float:
+    """max |x| (over the finite entries only with ``finite_only``), a chunk of rows at a time; 0 if none."""
+    top = 0.0
+    for c in _row_chunks(x):
+        a = np.abs(c)
+        if finite_only:
+            a = a[np.isfinite(a)]
+        if a.size:
+            top = max(top, float(np.max(a)))
+    return top
+
+
 def _max_row_norm(x) -> float:
     """max_i ||x_i|| over the last axis, computed in float64 (scaled, so squares cannot overflow)."""
-    top = float(np.max(np.abs(x)))
+    top = max_abs(x)
     if top == 0 or not np.isfinite(top):
         return top
-    y = np.asarray(x, np.float64) / top
-    return top * float(np.sqrt(np.max(np.einsum("...i,...i->...", y, y))))
+    best = 0.0
+    for c in _row_chunks(x):
+        y = np.asarray(c, np.float64) / top
+        best = max(best, float(np.max(np.einsum("ij,ij->i", y, y))))
+    return top * float(np.sqrt(best))
 
 
 def check_kernel_range(q, k, v, scale, where="kernel"):
@@ -137,7 +163,7 @@ def check_kernel_range(q, k, v, scale, where="kernel"):
         raise ValueError(f"{where}: scale = {scale:g} is beyond the range of {dt.name} (max {big:.3g})")
     check_product_range(where, "the scores scale * q.k", "q", q, "k", k, abs(scale), dt)
     nk = k.shape[-2]
-    vmax = float(np.max(np.abs(v)))
+    vmax = max_abs(v)
     if not nk * vmax <= big:
         raise ValueError(f"{where}: v is too large for {dt.name}: the unnormalised sum over Nk = {nk} keys may "
                          f"reach Nk * max|v| = {nk * vmax:.3g} > {big:.3g}; rescale v or use float64")

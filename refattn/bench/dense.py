@@ -2,103 +2,171 @@
 
 Three tables:
 
-1. **Wall time** on this machine (median of a few runs, Numba compile
-   excluded by a warm-up call): the float64 reference, the standard kernel,
-   the FA2 kernel (both float32, ``sram="a100"``) and, when torch imports,
-   torch's CPU ``scaled_dot_product_attention``; d = 64, one head. The ratio
-   FA2 / torch at N = 4096 is the speed goal (<= 1.5x).
+1. **Wall time, refattn vs torch**, side by side in one run: the FA2 forward
+   and the forward + flash backward (``sram="a100"``, float32, one head), and
+   torch's CPU ``scaled_dot_product_attention`` (forward; forward + backward
+   through autograd), causal and not, N = 1024 / 4096 / 16384, d = 64 and 128,
+   with the ratio refattn / torch. Torch gets as many threads as Numba
+   (pin the process with ``taskset`` to compare on a fixed number of cores).
+   Without torch the refattn column is printed alone, with one line saying so.
+   The notes say which exponential, which BLAS and which threading layer ran.
+   The goal (issue 14): the ratio at N = 4096, d = 64 within 1.5x.
 2. **FlashAttention paper, Figure 2 (left)**: simulated HBM traffic (2 bytes
    per element) and roofline time on the "a100" preset for N = 1024, d = 64,
    16 heads, batch 64, forward + backward, standard vs FlashAttention (FA2
-   forward + flash backward), beside the paper's numbers. One head is run
-   with the real kernels and its counts are multiplied by batch x heads:
-   exact, since heads are independent.
+   forward + flash backward), beside the paper's numbers. One head is counted
+   with the real kernels (count-only runs: docs/contract.md) and its counts are
+   multiplied by batch x heads: exact, since heads are independent.
 3. **Block-size sweep** of the FA2 forward in the same setting: counted
    traffic and simulated time per block size (Br = Bc), each with an SRAM
-   just large enough for its tiles.
+   just large enough for its tiles (count-only runs).
+
+Measured ratios refattn / torch at N = 4096, d = 64 (2 cores, ``taskset -c 0,1``):
+see :data:`MEASURED` (printed as the table's closing note).
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from refattn.bench.table import Table
 
 D = 64
-#: Largest N at which the N x N arrays of the reference (float64, ~5 alive)
-#: and the standard kernel (S, P float32) are run: 4096 -> ~0.7 GB. At 16384
-#: they would need ~10 GB and ~2 GB, too much for a shared machine.
-MAX_N_MATERIALISED = 4096
+
+#: refattn / torch at N = 4096, d = 64, float32, 2 cores (``taskset -c 0,1``), measured by this table
+#: (issue 14; docs/speed.md). Printed as the closing note of the wall-time table.
+MEASURED = {
+    "the GPU host's CPU (Intel Xeon, torch 2.11.0+cu130, idle; its torch is slow there: 26 GFLOP/s at "
+    "N = 16384)": "forward 0.33x, causal 0.37x; forward + backward 0.69x, causal 0.65x",
+    "the developers' machine (Xeon Sapphire Rapids, torch 2.13.0+cpu) shared with other jobs (load 3-4), "
+    "best of 7 interleaved runs": "forward 1.97x, causal 1.34x; forward + backward 0.78x, causal 1.01x",
+    "the developers' machine, one thread each, CPU time (robust to the load)": "forward about 1.4-1.7x "
+    "(48-60 ms vs 34 ms), causal 1.5-1.7x (28-32 ms vs 18.8 ms)",
+}
 
 
-def _median_time(repeats, fn, *args, **kwargs):
+def _median_time(repeats, fn, *args):
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(*args, **kwargs)
+        fn(*args)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def _torch_sdpa():
+def _refattn_pass(q, k, v, do, causal, backward):
+    from refattn.kernels.flash import flash_forward
+    from refattn.kernels.flash_backward import flash_backward
+
+    f = flash_forward(q, k, v, sram="a100", causal=causal)
+    if backward:
+        flash_backward(q, k, v, f.o, f.lse, do, sram="a100", causal=causal)
+
+
+def _torch_pass(tt, q, k, v, do, causal, backward):
+    torch, F = tt
+    if not backward:
+        with torch.no_grad():
+            F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return
+    a, b, c = (x.clone().requires_grad_() for x in (q, k, v))
+    F.scaled_dot_product_attention(a, b, c, is_causal=causal).backward(do)
+
+
+def _torch():
     try:
         import torch
         import torch.nn.functional as F
     except Exception:  # torch is optional
         return None
+    return torch, F
 
-    def run(q, k, v):
-        tq, tk, tv = (torch.from_numpy(x)[None, None] for x in (q, k, v))
-        with torch.no_grad():
-            return F.scaled_dot_product_attention(tq, tk, tv)
 
-    return run
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def wall_time(quick: bool) -> Table:
-    from refattn import flash_forward, standard_forward
-    from refattn.reference import attention
+    """Table 1 (module docstring): refattn's FA2 forward and flash backward beside torch's CPU SDPA."""
+    import numba
+
+    from refattn import threads
+    from refattn.kernels.flash import flash_forward
+    from refattn.kernels.flash_backward import flash_backward
 
     sizes = [256, 512] if quick else [1024, 4096, 16384]
-    repeats = 2 if quick else 3
-    sdpa = _torch_sdpa()
-    table = Table(f"dense wall time (s), d = {D}, float32, one head, median of {repeats} runs",
-                  ["N", "reference (f64)", "standard", "FA2", "torch SDPA", "FA2 / torch"])
-    table.notes.append(f"reference and standard only for N <= {MAX_N_MATERIALISED} "
-                       "(their N x N arrays would need ~10 GB / ~2 GB at N = 16384)")
-    table.notes.append("kernels run with sram='a100' (M = 98304 elements); Numba compile excluded (warm-up call); "
-                       "BLAS held to one thread inside the kernels, FA2 runs query blocks in parallel")
-    if sdpa is None:
-        table.notes.append("torch is not installed: the torch SDPA column is skipped ('-')")
+    dims = [32] if quick else [64, 128]
+    nthreads = numba.get_num_threads()
+    tt = _torch()
+    table = Table(f"dense wall time (ms), refattn vs torch CPU SDPA, float32, one head, {nthreads} threads",
+                  ["pass", "causal", "N", "d", "refattn ms", "torch ms", "refattn / torch"])
     rng = np.random.default_rng(0)
-    for n_warm in (64, 1024):  # compile both FA2 drivers (serial for small work, parallel for large)
-        warm = rng.standard_normal((3, n_warm, D)).astype(np.float32)
-        flash_forward(*warm, sram="a100")
-        standard_forward(*warm, sram="a100")
-    goal = None
-    for n in tqdm(sizes, desc="dense wall time", leave=False):
-        q, k, v = (rng.standard_normal((n, D)).astype(np.float32) for _ in range(3))
-        small = n <= MAX_N_MATERIALISED
-        reps = repeats if n <= 4096 else 1
-        t_ref = _median_time(reps, attention, q, k, v) if small else "-"
-        t_std = _median_time(reps, standard_forward, q, k, v, sram="a100") if small else "-"
-        t_fa2 = _median_time(reps, flash_forward, q, k, v, sram="a100")
-        if sdpa is not None:
-            sdpa(q, k, v)
-            t_torch = _median_time(reps, sdpa, q, k, v)
-            ratio = t_fa2 / t_torch
-            if n == 4096:
-                goal = ratio
-        else:
-            t_torch = ratio = "-"
-        table.add(n, t_ref, t_std, t_fa2, t_torch, ratio)
-    if goal is not None:
-        table.notes.append(f"FA2 / torch at N = 4096: {goal:.2f}x (goal <= 1.5x: "
-                           f"{'met' if goal <= 1.5 else 'not met'})")
+    # compile / load both drivers of both kernels (serial for small work, parallel for large)
+    for n_warm in (64, 1024):
+        w = rng.standard_normal((4, n_warm, dims[0])).astype(np.float32)
+        for causal in (False, True):
+            f = flash_forward(w[0], w[1], w[2], sram="a100", causal=causal)
+            flash_backward(w[0], w[1], w[2], f.o, f.lse, w[3], sram="a100", causal=causal)
+    if tt is not None:
+        torch, F = tt
+        torch.set_num_threads(nthreads)
+    cases = [(d, n, causal, pas) for n in sizes for d in dims for causal in (False, True)
+             for pas in ("forward", "forward + backward")]
+    goal = {}
+    bar = tqdm(cases, desc="dense wall time", leave=False)
+    for d, n, causal, pas in bar:
+        reps = 5 if n <= 1024 else (3 if n <= 4096 else 1)
+        q, k, v, do = (rng.standard_normal((n, d)).astype(np.float32) for _ in range(4))
+
+        backward = pas != "forward"
+        _refattn_pass(q, k, v, do, causal, backward)  # first call of this size: warms caches
+        t_ours = _median_time(reps, _refattn_pass, q, k, v, do, causal, backward)
+        t_torch = ratio = "-"
+        if tt is not None:
+            tq, tk, tv, tdo = (torch.from_numpy(x)[None, None] for x in (q, k, v, do))
+            _torch_pass(tt, tq, tk, tv, tdo, causal, backward)
+            t_torch = _median_time(reps, _torch_pass, tt, tq, tk, tv, tdo, causal, backward)
+            ratio = t_ours / t_torch
+            if n == 4096 and d == 64:
+                goal[(pas, causal)] = ratio
+            t_torch *= 1e3
+        table.add(pas, "yes" if causal else "no", n, d, t_ours * 1e3, t_torch, ratio)
+        bar.write(f"  measured: {pas}, causal {causal}, N = {n}, d = {d}: refattn {t_ours * 1e3:.1f} ms, "
+                  f"torch {t_torch if isinstance(t_torch, str) else f'{t_torch:.1f}'} ms")
+
+    info = threads.describe()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    table.notes.append(f"CPU: {_cpu_name()}; Numba threads {nthreads} ({info['numba_threading_layer']} layer); "
+                       f"load average at the end {load:.1f} (a busy machine inflates both columns)")
+    table.notes.append(f"BLAS: {'; '.join(info['blas'])}, held to 1 thread inside the kernels (refattn.threads)")
+    table.notes.append(f"exp: {info['exp']}")
+    table.notes.append("refattn: FA2 forward, and forward + flash backward, sram='a100' (the A100 plan's blocks), "
+                       "median of 5 / 3 / 1 runs at N = 1024 / 4096 / 16384, compile excluded")
+    if tt is None:
+        table.notes.append("torch is not installed: the torch column is skipped ('-')")
+    else:
+        table.notes.append(f"torch {tt[0].__version__} with {tt[0].get_num_threads()} threads: "
+                           "F.scaled_dot_product_attention (no_grad forward; autograd forward + backward)")
+    if goal:
+        parts = ", ".join(f"{p}{' causal' if c else ''} {r:.2f}x" for (p, c), r in goal.items())
+        worst = max(goal.values())
+        table.notes.append(f"refattn / torch at N = 4096, d = 64: {parts} (goal <= 1.5x: "
+                           f"{'met' if worst <= 1.5 else 'not met'})")
+    for machine, ratios in MEASURED.items():
+        table.notes.append(f"measured before on {machine}: {ratios}")
     table.print()
     return table
 

@@ -5,8 +5,12 @@ One implementation for everyone who shows these numbers: the app's IO page,
 function is a thin loop of calls into the kernels; every count comes from the
 kernels' own loads and stores (refattn.memory), never from a formula, and the
 simulated time from :func:`refattn.memory.simulated_time` on a chip preset.
+The kernels run with ``count_only=True`` (docs/contract.md, docs/speed.md): the
+same loops, loads and stores with the arithmetic skipped, on zero inputs (values
+never change counts), so even a 64k-token point answers in well under a second.
 
-* :func:`forward_point`: one forward run (standard or flash) on random inputs.
+* :func:`count_run`: one count-only run of any counting kernel, its KernelResult.
+* :func:`forward_point`: one forward run (standard or flash), as numbers.
 * :func:`n_sweep` / :func:`m_sweep`: those points along N or along M.
 * :func:`figure2`: the FlashAttention paper's Figure 2 (left) setting: one head
   of forward + backward, its counts multiplied by batch x heads (exact: heads
@@ -18,6 +22,7 @@ simulated time from :func:`refattn.memory.simulated_time` on a chip preset.
 from __future__ import annotations
 
 import numpy as np
+from tqdm.auto import tqdm
 
 #: FlashAttention paper, Figure 2 (left): GPT-2 medium attention (N = 1024, d = 64, 16 heads, batch 64),
 #: forward + backward on an A100: HBM GB, runtime ms, GFLOPs.
@@ -27,20 +32,48 @@ PAPER_FIG2 = {"standard": {"GB": 40.3, "ms": 41.7, "GFLOPs": 66.6},
 FIG2 = {"n": 1024, "d": 64, "heads": 16, "batch": 64, "chip": "a100"}
 
 
-def _qkv(n: int, d: int, seed: int, count: int = 3):
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal((n, d)).astype(np.float32) for _ in range(count)]
+#: What :func:`count_run` runs.
+KERNELS = ("fa1", "fa2", "flash", "standard", "flash_backward", "standard_backward")
 
 
-def _forward(kernel: str, q, k, v, sram, variant="fa2", causal=False, block=None):
-    from refattn import flash_forward, standard_forward
+def count_run(kernel: str, n: int, d: int, sram, *, nk=None, dv=None, causal=False, block=None, variant="fa2",
+              dtype=np.float32):
+    """One count-only run of ``kernel`` on Nq = ``n``, Nk = ``nk`` (default n), head dims d, dv (default d).
 
-    if kernel == "flash":
-        kw = {"variant": variant} | ({"block": tuple(block)} if block else {})
-        return flash_forward(q, k, v, sram=sram, causal=causal, **kw)
+    ``kernel``: "fa1", "fa2", "flash" (the FA ``variant``), "standard" (forward), "flash_backward" or
+    "standard_backward". Returns the kernel's :class:`~refattn.kernels.contract.KernelResult`
+    (traffic, peak_sram, flops, exps, n_steps, plan; ``outputs`` empty), exactly the counts of a full run.
+    """
+    from refattn.kernels.flash import flash_forward
+    from refattn.kernels.flash_backward import flash_backward
+    from refattn.kernels.standard import standard_backward, standard_forward
+
+    nk = n if nk is None else nk
+    dv = d if dv is None else dv
+    q, k, v = np.zeros((n, d), dtype), np.zeros((nk, d), dtype), np.zeros((nk, dv), dtype)
+    kw = {"sram": sram, "causal": causal, "count_only": True}
+    blk = {"block": tuple(block)} if block is not None else {}
+    if kernel in ("fa1", "fa2", "flash"):
+        return flash_forward(q, k, v, variant=variant if kernel == "flash" else kernel, **blk, **kw)
     if kernel == "standard":
-        return standard_forward(q, k, v, sram=sram, causal=causal)
-    raise ValueError(f"kernel must be 'flash' or 'standard', got {kernel!r}")
+        return standard_forward(q, k, v, **kw)
+    o = np.zeros((n, dv), dtype)
+    if kernel == "flash_backward":
+        return flash_backward(q, k, v, o, np.zeros(n, dtype), o, **blk, **kw)
+    if kernel == "standard_backward":
+        return standard_backward(q, k, v, o, o, **kw)
+    raise ValueError(f"count_run: kernel must be one of {KERNELS}, got {kernel!r}")
+
+
+def _forward(kernel: str, n, d, sram, variant="fa2", causal=False, block=None):
+    if kernel not in ("flash", "standard"):
+        raise ValueError(f"kernel must be 'flash' or 'standard', got {kernel!r}")
+    return count_run(kernel, n, d, sram, causal=causal, block=block, variant=variant)
+
+
+def _bar(points, desc, progress):
+    """A progress bar over ``points`` for sweeps long enough to need one."""
+    return tqdm(points, desc=desc, leave=False, disable=not progress or len(points) < 8)
 
 
 def _scaled(traffic, factor: int):
@@ -52,30 +85,31 @@ def _scaled(traffic, factor: int):
 
 def forward_point(kernel: str, n: int, d: int, sram, *, variant="fa2", causal=False, block=None,
                   chip="a100", seed=0) -> dict:
-    """Counted forward traffic of one run on random float32 (n, d) inputs.
+    """Counted forward traffic of one count-only run on float32 (n, d) inputs (``seed`` is kept for
+    compatibility: counts do not depend on the values).
 
     Returns {"kernel", "N", "d", "M", "reads", "writes", "total", "flops", "time_s", "bound", "plan"}
     (``plan``: the kernel's ``Plan.summary()``; time from the ``chip`` preset's roofline).
     """
     from refattn.memory import simulated_time
 
-    res = _forward(kernel, *_qkv(n, d, seed), sram, variant, causal, block)
+    res = _forward(kernel, n, d, sram, variant, causal, block)
     t = simulated_time(res.traffic, res.flops, chip)
     return {"kernel": kernel, "N": n, "d": d, "M": res.sram.capacity, "reads": res.traffic.total_reads,
             "writes": res.traffic.total_writes, "total": res.traffic.total, "flops": res.flops,
             "time_s": t["time_s"], "bound": t["bound"], "plan": res.plan.summary()}
 
 
-def n_sweep(ns, d: int, sram, *, variant="fa2", chip="a100") -> list[dict]:
+def n_sweep(ns, d: int, sram, *, variant="fa2", chip="a100", progress=True) -> list[dict]:
     """[{"N": n, "standard": point, "flash": point}] for each n (see :func:`forward_point`)."""
     return [{"N": n, **{kern: forward_point(kern, n, d, sram, variant=variant, chip=chip)
-                        for kern in ("standard", "flash")}} for n in ns]
+                        for kern in ("standard", "flash")}} for n in _bar(list(ns), "N sweep", progress)]
 
 
-def m_sweep(n: int, d: int, ms, *, variant="fa2", chip="a100") -> list[dict]:
+def m_sweep(n: int, d: int, ms, *, variant="fa2", chip="a100", progress=True) -> list[dict]:
     """[{"M": m, "standard": point, "flash": point}] for each SRAM size m (elements)."""
     return [{"M": m, **{kern: forward_point(kern, n, d, m, variant=variant, chip=chip)
-                        for kern in ("standard", "flash")}} for m in ms]
+                        for kern in ("standard", "flash")}} for m in _bar(list(ms), "M sweep", progress)]
 
 
 def figure2(n: int = FIG2["n"], d: int = FIG2["d"], heads: int = FIG2["heads"], batch: int = FIG2["batch"],
@@ -86,15 +120,11 @@ def figure2(n: int = FIG2["n"], d: int = FIG2["d"], heads: int = FIG2["heads"], 
     {"traffic" (Traffic, all heads), "bytes", "GB", "flops", "time_s", "ms", "bound"}.
     Standard: the three-pass forward and the standard backward; flash: FA2 forward and the flash backward.
     """
-    from refattn import flash_backward, flash_forward, standard_backward, standard_forward
     from refattn.memory import simulated_time
 
     factor = heads * batch
-    q, k, v, do = _qkv(n, d, seed, 4)
-    sf = standard_forward(q, k, v, sram=chip)
-    sb = standard_backward(q, k, v, sf.o, do, sram=chip)
-    ff = flash_forward(q, k, v, sram=chip, variant="fa2")
-    fb = flash_backward(q, k, v, ff.o, ff.lse, do, sram=chip)
+    sf, sb = count_run("standard", n, d, chip), count_run("standard_backward", n, d, chip)
+    ff, fb = count_run("fa2", n, d, chip), count_run("flash_backward", n, d, chip)
     out = {"factor": factor}
     for name, fwd, bwd in (("standard", sf, sb), ("flash", ff, fb)):
         traffic = _scaled(fwd.traffic + bwd.traffic, factor)
@@ -112,17 +142,15 @@ def block_sweep(n: int = FIG2["n"], d: int = FIG2["d"], blocks=(64, 128, 256, 51
     Returns [{"block", "M", "total" (one head), "bytes", "GB", "time_s", "memory_s", "compute_s", "bound"}]
     with bytes and times for ``factor`` heads. Blocks larger than n are left out.
     """
-    from refattn import flash_forward
     from refattn.kernels.flash import forward_footprint
     from refattn.memory import simulated_time
 
-    q, k, v = _qkv(n, d, seed)
     rows = []
     for b in blocks:
         if b > n:
             continue
         m = forward_footprint(b, b, d, d, False)
-        res = flash_forward(q, k, v, sram=m, variant="fa2", block=(b, b))
+        res = count_run("fa2", n, d, m, block=(b, b))
         t = simulated_time(_scaled(res.traffic, factor), res.flops * factor, chip)
         rows.append({"block": b, "M": m, "total": res.traffic.total, "bytes": t["bytes"], "GB": t["bytes"] / 1e9,
                      "time_s": t["time_s"], "memory_s": t["memory_s"], "compute_s": t["compute_s"],

@@ -28,15 +28,17 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from refattn import memory
 from refattn.kernels.contract import KernelResult, Plan, StepState
+from refattn.kernels.fastexp import fast_exp  # noqa: F401  (the kernels' exp, re-exported)
+from refattn.threads import blas_one_thread
 from refattn.validation import (
     KERNEL_DTYPES,
     check_attention_inputs,
     check_kernel_range,
     check_scale,
+    max_abs,
     normalize_causal,
     unbroadcast,
 )
@@ -50,34 +52,36 @@ CAUSAL_CODE = {None: 0, "bottom_right": 1, "top_left": 2}
 # ---------------------------------------------------------------------------
 @dataclass
 class Prepared:
-    q: np.ndarray  # (B, Nq, d) contiguous, native byte order
-    k: np.ndarray  # (B, Nk, d)
-    v: np.ndarray  # (B, Nk, dv)
-    mask: np.ndarray  # (B, Nq, Nk) bool, or (1, 1, 1) when has_mask is False
+    q: np.ndarray  # (B, Nq, d) contiguous, native byte order; (1, 1, d) in a count-only run
+    k: np.ndarray  # (B, Nk, d); (1, 1, d) in a count-only run
+    v: np.ndarray  # (B, Nk, dv); (1, 1, dv) in a count-only run
+    mask: np.ndarray  # (B, Nq, Nk) bool, or (1, 1, 1) when has_mask is False or in a count-only run
     has_mask: bool
     lead: tuple  # leading shape to restore
     scale: float
     causal: str | None  # None, "bottom_right" or "top_left"
+    dims: tuple = ()  # (B, Nq, Nk, d, dv): the problem's sizes (the arrays may be placeholders)
+    count_only: bool = False
 
     @property
     def batch(self):
-        return self.q.shape[0]
+        return self.dims[0]
 
     @property
     def nq(self):
-        return self.q.shape[1]
+        return self.dims[1]
 
     @property
     def nk(self):
-        return self.k.shape[1]
+        return self.dims[2]
 
     @property
     def d(self):
-        return self.q.shape[2]
+        return self.dims[3]
 
     @property
     def dv(self):
-        return self.v.shape[2]
+        return self.dims[4]
 
     @property
     def causal_code(self) -> int:
@@ -93,28 +97,38 @@ class Prepared:
         return x.reshape(self.lead + x.shape[1:])
 
 
-def prepare(q, k, v, *, scale=None, causal=False, mask=None, where="kernel") -> Prepared:
+def prepare(q, k, v, *, scale=None, causal=False, mask=None, where="kernel", count_only=False) -> Prepared:
     """Validate and flatten inputs for a simulated kernel (float32 or float64, one dtype).
 
     Also refuses inputs whose scores or unnormalised sums could overflow the
-    dtype (:func:`refattn.validation.check_kernel_range`).
+    dtype (:func:`refattn.validation.check_kernel_range`). With ``count_only``
+    (docs/contract.md, "Count-only runs") the inputs are validated the same way
+    but not copied: the loop gets (1, 1, .) placeholders of the same types, and
+    only ``dims`` carries the sizes.
     """
     q, k, v = check_attention_inputs(q, k, v, mask=mask, causal=causal, where=where, float_dtypes=KERNEL_DTYPES)
     scale = check_scale(scale, q.shape[-1], where)
     check_kernel_range(q, k, v, scale, where)
     lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     nq, nk = q.shape[-2], k.shape[-2]
+    dims = (int(np.prod(lead, dtype=np.int64)), nq, nk, q.shape[-1], v.shape[-1])
 
-    def flat(x):
-        x = np.broadcast_to(x, lead + x.shape[-2:])
-        return np.ascontiguousarray(x.reshape((-1,) + x.shape[-2:]))
+    if count_only:
+        def flat(x):
+            return np.zeros((1, 1, x.shape[-1]), x.dtype)
+    else:
+        def flat(x):
+            x = np.broadcast_to(x, lead + x.shape[-2:])
+            return np.ascontiguousarray(x.reshape((-1,) + x.shape[-2:]))
 
-    if mask is None:
-        m, has_mask = np.ones((1, 1, 1), np.bool_), False
+    has_mask = mask is not None
+    if mask is None or count_only:
+        m = np.ones((1, 1, 1), np.bool_)
     else:
         m = np.broadcast_to(np.asarray(mask, bool), lead + (nq, nk))
-        m, has_mask = np.ascontiguousarray(m.reshape((-1, nq, nk))), True
-    return Prepared(flat(q), flat(k), flat(v), m, has_mask, tuple(lead), scale, normalize_causal(causal))
+        m = np.ascontiguousarray(m.reshape((-1, nq, nk)))
+    return Prepared(flat(q), flat(k), flat(v), m, has_mask, tuple(lead), scale, normalize_causal(causal),
+                    dims, bool(count_only))
 
 
 def readonly(x):
@@ -136,13 +150,13 @@ def grad_input(name, x, shape, dt, where, *, allow_neginf=False):
             x = np.broadcast_to(x, shape)
         except ValueError:
             raise ValueError(f"{where}: {name} has shape {x.shape}, expected {shape}") from None
-    bad = np.isnan(x) | ((x == np.inf) if allow_neginf else np.isinf(x))
-    if bad.any():
+    ok = (x < np.inf) if allow_neginf else np.isfinite(x)  # one boolean temporary (NaN compares False)
+    if not ok.all():
+        bad = ~ok
         what = "NaN or +Inf" if allow_neginf else "NaN or Inf"
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"{where}: {name} contains {what} (first at index {first})")
-    finite = np.abs(x[np.isfinite(x)]) if allow_neginf else np.abs(x)
-    if finite.size and float(finite.max()) > np.finfo(dt).max:
+    if max_abs(x, finite_only=allow_neginf) > np.finfo(dt).max:
         raise ValueError(f"{where}: {name} has values beyond the range of {np.dtype(dt).name}")
     x = np.ascontiguousarray(x, dtype=dt)
     return x.reshape((-1,) + shape[len(shape) - (1 if allow_neginf else 2):])
@@ -194,6 +208,43 @@ def plan_blocks(nq, nk, d, dv, sram, *, rule, footprint, block=None, what="flash
 
 
 # ---------------------------------------------------------------------------
+# Up-front cost warnings
+# ---------------------------------------------------------------------------
+class CostWarning(UserWarning):
+    """A requested kernel run will allocate a lot of memory or take long (said before any work starts)."""
+
+
+#: Warn when a run would allocate more than this many bytes ...
+COST_WARN_BYTES = 1 << 30
+#: ... or is expected to take longer than this many seconds ...
+COST_WARN_SECONDS = 30.0
+#: ... at this rate of counted FLOPs per second (a conservative two-core laptop rate).
+COST_FLOPS_PER_SECOND = 2e10
+
+
+def warn_if_costly(what: str, plan: Plan, p: Prepared, *, count_only=False, alloc_elements=0, flops=None):
+    """Warn (:class:`CostWarning`) before a run that will allocate more than ``COST_WARN_BYTES``
+    (``alloc_elements`` of the input dtype besides the outputs, e.g. the standard kernel's N x N
+    arrays) or take longer than ``COST_WARN_SECONDS`` (``flops``, default 2 B Nq Nk (d + dv),
+    at ``COST_FLOPS_PER_SECOND``). Count-only runs skip the arithmetic and the arrays: no warning."""
+    if count_only:
+        return
+    nb, nq, nk, d, dv = p.dims
+    itemsize = np.dtype(p.q.dtype).itemsize
+    nbytes = int(alloc_elements) * itemsize
+    flops = 2 * nb * nq * nk * (d + dv) if flops is None else flops
+    seconds = flops / COST_FLOPS_PER_SECOND
+    if nbytes > COST_WARN_BYTES or seconds > COST_WARN_SECONDS:
+        import warnings
+
+        warnings.warn(CostWarning(
+            f"{what} on B={nb}, Nq={nq}, Nk={nk}, d={d}, dv={dv} ({plan.kernel}) will allocate about "
+            f"{nbytes / 2**30:.1f} GiB besides its outputs and take roughly {seconds:.0f} s or more on two cores; "
+            "count_only=True gives the same traffic, FLOPs and steps without the arithmetic or the arrays"),
+            stacklevel=3)
+
+
+# ---------------------------------------------------------------------------
 # Running and the result
 # ---------------------------------------------------------------------------
 def run_with_trace(kernel_call, sram: memory.Sram, *, trace: bool, trace_estimate: int, stop_after=None):
@@ -205,7 +256,7 @@ def run_with_trace(kernel_call, sram: memory.Sram, *, trace: bool, trace_estimat
     to one thread: the kernels' own loops are the parallelism (docs/design.md).
     """
     cap = max(int(trace_estimate), 16) if trace else 0
-    with threadpool_limits(1, "blas"):
+    with blas_one_thread():
         mem = memory.new_mem(sram.capacity, trace_capacity=cap, stop_after=stop_after)
         kernel_call(mem)
         if trace and mem.cursor[0] > cap:
@@ -323,82 +374,128 @@ def close_step(mem, info, phase, head, r0, r1, c0, c1, release):
 @numba.njit(cache=True)
 def score_tile(q_tile, k_tile, n, out, scale, r0, cols, causal, off, mask, has_mask, b,
                lo=NO_LO, softcap=0.0, slope=0.0, aoff=0):
-    """S = scale * Q_i K^T for query rows r0.. (``q_tile``, (br, d)) and the first ``n`` rows of
-    ``k_tile`` (key columns ``cols[:n]``), written into the buffer ``out`` (>= br*n elements) and
-    returned as a (br, n) view. Entries hidden by the band (when ``causal``: key c visible to
-    row r iff ``r + lo <= c <= r + off``) or by ``mask[b]`` (when ``has_mask``) are -inf.
+    """The score tile of query rows r0.. (``q_tile``, (br, d)) against the first ``n`` rows of
+    ``k_tile`` (key columns ``cols[:n]``), **transposed**: returns ``(st, eff)`` with ``st`` an
+    (n, br) view of the buffer ``out`` (>= n*br elements) such that ``eff * st[c, r]`` is
+    S[r, c] = scale * q_r . k_c. Entries hidden by the causal mask (when ``causal``: key c
+    visible to row r iff c <= r + off) or by ``mask[b]`` (when ``has_mask``) are -inf.
 
-    Variants (docs/variants.md), in this order after the scale: ``softcap > 0`` caps each
-    score to ``softcap * tanh(s / softcap)``; ``slope != 0`` adds the ALiBi bias
-    ``-slope * |r + aoff - c|`` (``aoff = Nk - Nq``); then the masks."""
+    Why transposed and unscaled (docs/speed.md): the row statistics of S
+    (max, sum over keys) become column operations of S^T, which vectorise across query
+    rows in the order of a per-row loop (same sums, bit for bit), and the scale is applied
+    where the tile is read next (``exp(eff * st - shift)``) instead of in a pass of its own.
+    For ``scale > 0`` the row maximum of ``scale * x`` is ``scale`` times that of ``x``
+    (rounding is monotone), so nothing changes numerically; a ``scale <= 0`` is applied here
+    and ``eff`` is 1.
+
+    Variants (docs/variants.md): with ``causal`` the band's lower edge also hides key c from
+    row r when ``c < r + lo`` (a sliding window); with ``softcap > 0`` or an ALiBi ``slope``
+    the scale is applied here (``eff`` is 1), then the cap ``softcap * tanh(s / softcap)``,
+    then the bias ``-slope * |r + aoff - c|`` (``aoff = Nk - Nq``), then the masks.
+    """
     br = q_tile.shape[0]
-    s = out[:br * n].reshape((br, n))
-    np.dot(q_tile, k_tile[:n].T, s)
-    for r in range(br):
-        lim = r0 + r + off
-        low = r0 + r + lo
+    st = out[:n * br].reshape((n, br))
+    np.dot(k_tile[:n], q_tile.T, st)
+    eff = scale
+    if not scale > 0 or softcap > 0 or slope != 0:
         for c in range(n):
-            x = s[r, c] * scale
-            if softcap > 0:
-                x = softcap * np.tanh(x / softcap)
-            if slope != 0:
-                x -= slope * abs(r0 + r + aoff - cols[c])
-            if causal and (cols[c] > lim or cols[c] < low):
-                x = -np.inf
-            if has_mask and not mask[b, r0 + r, cols[c]]:
-                x = -np.inf
-            s[r, c] = x
-    return s
+            for r in range(br):
+                x = st[c, r] * scale
+                if softcap > 0:
+                    x = softcap * np.tanh(x / softcap)
+                if slope != 0:
+                    x -= slope * abs(r0 + r + aoff - cols[c])
+                st[c, r] = x
+        eff = st.dtype.type(1)
+    if causal:
+        for c in range(n):
+            hidden = min(max(cols[c] - off - r0, 0), br)  # rows r < hidden do not see key cols[c]
+            for r in range(hidden):
+                st[c, r] = -np.inf
+            below = max(cols[c] - lo - r0 + 1, 0)  # rows r >= below have cols[c] < r + lo
+            for r in range(below, br):
+                st[c, r] = -np.inf
+    if has_mask:
+        for c in range(n):
+            for r in range(br):
+                if not mask[b, r0 + r, cols[c]]:
+                    st[c, r] = -np.inf
+    return st, eff
 
 
 @numba.njit(cache=True)
-def softcap_dtanh(s, out, r0, cols, softcap, slope, aoff):
-    """The softcap's derivative 1 - tanh^2 = 1 - (capped / softcap)^2 for a score tile ``s`` made
-    by :func:`score_tile` (the capped score is ``s`` minus its ALiBi bias), into ``out``; 0 where
-    ``s`` is masked. Used by the backward before ``s`` is overwritten by P."""
-    br, n = s.shape
-    d = out[:br * n].reshape((br, n))
-    for r in range(br):
-        for c in range(n):
-            x = s[r, c]
+def softcap_dtanh(st, out, r0, cols, softcap, slope, aoff):
+    """The softcap's derivative 1 - tanh^2 = 1 - (capped / softcap)^2 for a transposed score tile
+    ``st`` (n, br) made by :func:`score_tile` with ``eff`` = 1 (the capped score is ``st`` minus
+    its ALiBi bias), into ``out`` (n, br); 0 where masked. The backward keeps it on chip."""
+    n, br = st.shape
+    dt = out[:n * br].reshape((n, br))
+    for c in range(n):
+        for r in range(br):
+            x = st[c, r]
             if x == -np.inf:
-                d[r, c] = 0
+                dt[c, r] = 0
             else:
                 t = (x + slope * abs(r0 + r + aoff - cols[c])) / softcap
-                d[r, c] = 1 - t * t
-    return d
+                dt[c, r] = 1 - t * t
+    return dt
 
 
 @numba.njit(cache=True)
-def online_update(s, v_tile, m, l, acc):
-    """One online-softmax step (FlashAttention-2, Algorithm 1, lines 8-10) for a (br, n) score tile.
-
-    m_new = max(m, rowmax S); P~ = exp(S - m_new) (overwrites ``s``);
-    l = e^(m - m_new) l + rowsum P~; acc = e^(m - m_new) acc + P~ V (the factor is
-    not inverted). A row whose max is still -inf shifts by 0, so it keeps l = 0
-    and acc = 0 (docs/design.md). ``v_tile``: (>= n, dv); ``acc``: (br, dv).
-    """
-    br, n = s.shape
-    zero = l[0] - l[0]  # 0 in the accumulator's dtype
+def _column_max(st, out):
+    """out[r] = max_c st[c, r] (-inf for an empty tile): vertical maxima, vectorised over r."""
+    n, br = st.shape
     for r in range(br):
-        mx = m[r]
-        for c in range(n):
-            if s[r, c] > mx:
-                mx = s[r, c]
-        shift = zero
-        if mx != -np.inf:
-            shift = mx
-        alpha = np.exp(m[r] - shift)  # e^(m_old - m_new); 0 when m_old = -inf
-        rs = zero
-        for c in range(n):
-            p = np.exp(s[r, c] - shift)
-            s[r, c] = p
-            rs += p
-        l[r] = alpha * l[r] + rs
-        m[r] = mx
+        out[r] = -np.inf
+    for c in range(n):
+        for r in range(br):
+            x = st[c, r]
+            out[r] = x if x > out[r] else out[r]
+
+
+@numba.njit(cache=True)
+def _exp_columns(st, scale, shift, sums):
+    """st[c, r] = exp(scale * st[c, r] - shift[r]) and sums[r] = sum_c of them, c in order."""
+    n, br = st.shape
+    for r in range(br):
+        sums[r] = 0
+    for c in range(n):
+        for r in range(br):
+            p = fast_exp(st[c, r] * scale - shift[r])
+            st[c, r] = p
+            sums[r] += p
+
+
+@numba.njit(cache=True)
+def online_update(st, v_tile, scale, m, l, acc, work, pv):
+    """One online-softmax step (FlashAttention-2, Algorithm 1, lines 8-10) for a transposed
+    score tile ``st`` (n, br) from :func:`score_tile` (S = ``scale * st^T``).
+
+    m_new = max(m, rowmax S); P~ = exp(S - m_new) (overwrites ``st`` with P~^T);
+    l = e^(m - m_new) l + rowsum P~; acc = e^(m - m_new) acc + P~ V (the factor is
+    not inverted). A row whose max is still -inf shifts by 0, so it keeps l = 0 and
+    acc = 0 (docs/design.md). ``v_tile``: (>= n, dv); ``acc``, ``pv``: (br, dv);
+    ``work``: (4, >= br) scratch. Exponentials: :func:`refattn.kernels.fastexp.fast_exp`.
+    """
+    n, br = st.shape
+    mx, shift, alpha, sums = work[0, :br], work[1, :br], work[2, :br], work[3, :br]
+    _column_max(st, mx)
+    zero = scale - scale
+    for r in range(br):
+        x = mx[r] * scale
+        x = x if x > m[r] else m[r]  # m_new
+        sh = x if x != -np.inf else zero
+        shift[r] = sh
+        alpha[r] = fast_exp(m[r] - sh)  # e^(m_old - m_new); 0 when m_old = -inf
+        m[r] = x
+    _exp_columns(st, scale, shift, sums)
+    for r in range(br):
+        l[r] = alpha[r] * l[r] + sums[r]
+    np.dot(st.T, v_tile[:n], pv)
+    for r in range(br):
+        a = alpha[r]
         for t in range(acc.shape[1]):
-            acc[r, t] *= alpha
-    acc += np.dot(s, v_tile[:n])
+            acc[r, t] = a * acc[r, t] + pv[r, t]
 
 
 @numba.njit(cache=True, inline="always")
@@ -425,6 +522,13 @@ def finalise_rows(acc, m, l, o_rows, lse_rows):
 # ---------------------------------------------------------------------------
 # Parallel drivers: one set of counters per task, reduced in task order
 # ---------------------------------------------------------------------------
+@numba.njit(cache=True, inline="always")
+def balanced_order(u, n):
+    """The u-th of n blocks in the order 0, n-1, 1, n-2, ...: with the static split of a
+    ``prange`` into contiguous chunks, each thread gets light and heavy causal blocks alike."""
+    return u // 2 if u % 2 == 0 else n - 1 - u // 2
+
+
 def new_tasks(ntask: int, capacity: int) -> memory.Mem:
     """Counters for ``ntask`` independent tasks, stacked (a Mem of (ntask, ...) arrays, no trace)."""
     sram = np.zeros((ntask, 3), np.int64)
@@ -433,13 +537,13 @@ def new_tasks(ntask: int, capacity: int) -> memory.Mem:
     cursor[:, 2] = -1  # tasks never stop: the parallel path runs untraced, unstopped runs only
     return memory.Mem(np.zeros((ntask, memory.N_TENSORS, 2), np.int64), np.zeros((ntask, 2), np.int64),
                       np.zeros((ntask, memory.N_SLOTS), np.int64), sram,
-                      np.zeros((0, memory.TRACE_WIDTH), np.int64), cursor)
+                      np.zeros((ntask, 1, memory.TRACE_WIDTH), np.int64), cursor)  # one sink row each (no trace)
 
 
 @numba.njit(cache=True, inline="always")
 def task_mem(tasks, t):
     """The Mem of task ``t`` (views into the stacked counters of :func:`new_tasks`)."""
-    return memory.Mem(tasks.counts[t], tasks.ops[t], tasks.slots[t], tasks.sram[t], tasks.trace, tasks.cursor[t])
+    return memory.Mem(tasks.counts[t], tasks.ops[t], tasks.slots[t], tasks.sram[t], tasks.trace[t], tasks.cursor[t])
 
 
 @numba.njit(cache=True)

@@ -140,6 +140,7 @@ import numpy as np
 
 from refattn import memory
 from refattn.kernels.common import (
+    balanced_order,
     close_step,
     enter_tile,
     finalise_rows,
@@ -155,6 +156,7 @@ from refattn.kernels.common import (
     step_state,
     stop_here,
     task_mem,
+    warn_if_costly,
 )
 from refattn.kernels.contract import Plan
 from refattn.kernels.variant_args import prepare_variants
@@ -185,7 +187,7 @@ S_Q, S_K, S_V, S_S, S_O, S_M, S_L, S_MASK = range(len(SLOTS))
 FA1_PHASES = ("init", "main", "finalise")
 FA2_PHASES = ("main",)
 
-#: Untraced FA2 runs with at least this much work (B*Nq*Nk*(d+dv)) and two or more
+#: Untraced full (not count-only) FA2 runs with at least this much work (B*Nq*Nk*(d+dv)) and two or more
 #: (head, query block) tasks use the parallel driver; smaller ones the serial one.
 #: Both run the same ``_fa2_row``; tests prove they agree bit for bit.
 PARALLEL_MIN_WORK = 1 << 22
@@ -230,21 +232,23 @@ def forward_plan(nb, nq, nk, d, dv, sram, *, variant="fa2", has_mask=False, caus
 # FA2: one query block (all its tiles); the serial and parallel drivers share it
 # ---------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _fa2_row(mem, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o, info):
+def _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o,
+             info, compute):
+    nb, nq, nk, d, dv = dims
     group, lo, aoff, softcap, slopes = vt  # variants (refattn/kernels/variant_args.py)
     h = b // group  # the KV head of query head b
-    nq, d = q.shape[1], q.shape[2]
-    nk, dv = k.shape[1], v.shape[2]
     tc = (nk + bk - 1) // bk
     r0 = i * bq
     r1 = min(r0 + bq, nq)
     br = r1 - r0
     set_head(mem, b)
-    acc = np.zeros_like(o[b, r0:r1])  # (br, dv) unnormalised O~
-    m = np.empty_like(lse[b, r0:r1])  # (br,) running max
-    l = np.zeros_like(lse[b, r0:r1])  # (br,) running sum
-    m[:] = -np.inf
-    s_buf = np.empty(br * bk, q.dtype)  # the S / P tile
+    nbr = br if compute else 0  # count-only runs keep no arrays
+    acc = np.zeros((nbr, dv), q.dtype)  # (br, dv) unnormalised O~
+    m = np.full(nbr, -np.inf, q.dtype)  # (br,) running max
+    l = np.zeros(nbr, q.dtype)  # (br,) running sum
+    s_buf = np.empty(nbr * bk, q.dtype)  # the S^T / P~^T tile
+    work = np.empty((4, nbr), q.dtype)
+    pv = np.empty((nbr, dv), q.dtype)
     cols = np.empty(bk, np.int64)
     hold(mem, T_O, S_O, r0, r1, 0, dv)
     hold(mem, T_M, S_M, r0, r1, 0, 1)
@@ -263,51 +267,56 @@ def _fa2_row(mem, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk,
             load(mem, T_V, S_V, c0, c1, 0, dv)
             if has_mask:
                 load(mem, T_MASK, S_MASK, r0, r1, c0, c1)
-            for t in range(bc):
-                cols[t] = c0 + t
-            s = score_tile(q[b, r0:r1], k[h, c0:c1], bc, s_buf, scale, r0, cols, vis == 2, off, mask, has_mask, b,
-                           lo, softcap, slopes[b], aoff)
             hold(mem, T_S, S_S, r0, r1, c0, c1)
-            online_update(s, v[h, c0:c1], m, l, acc)
+            if compute:
+                for t in range(bc):
+                    cols[t] = c0 + t
+                st, eff = score_tile(q[b, r0:r1], k[h, c0:c1], bc, s_buf, scale, r0, cols, vis == 2, off,
+                                     mask, has_mask, b, lo, softcap, slopes[b], aoff)
+                online_update(st, v[h, c0:c1], eff, m, l, acc, work, pv)
             hold(mem, T_P, S_S, r0, r1, c0, c1)  # P~ overwrites S
             count_flops(mem, 2 * br * bc * (d + dv), br * bc + br)
         if j == tc - 1:  # finalise query block i: O_i = O~ / l, L_i = m + log l
-            finalise_rows(acc, m, l, o[b, r0:r1], lse[b, r0:r1])
+            if compute:
+                finalise_rows(acc, m, l, o[b, r0:r1], lse[b, r0:r1])
             hold(mem, T_L, S_M, r0, r1, 0, 1)  # L overwrites m on chip
             store(mem, T_O, S_O, r0, r1, 0, dv)
             store(mem, T_L, S_M, r0, r1, 0, 1)
             free_all(mem)
         if stop_here(mem, info, 0, b, r0, r1, c0, c1):
-            st_m[:br] = m
-            st_l[:br] = l
-            if j == tc - 1:
-                st_o[:br] = o[b, r0:r1]
-            else:
-                st_o[:br] = acc
+            if compute:
+                st_m[:br] = m
+                st_l[:br] = l
+                if j == tc - 1:
+                    st_o[:br] = o[b, r0:r1]
+                else:
+                    st_o[:br] = acc
             return True
     return False
 
 
 @numba.njit(cache=True)
-def _fa2_serial(mem, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o, info):
-    tr = (q.shape[1] + bq - 1) // bq
-    for b in range(q.shape[0]):
+def _fa2_serial(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o, info,
+                compute):
+    nb, nq = dims[0], dims[1]
+    tr = (nq + bq - 1) // bq
+    for b in range(nb):
         for i in range(tr):
-            if _fa2_row(mem, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk,
-                        o, lse, st_m, st_l, st_o, info):
+            if _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk,
+                        o, lse, st_m, st_l, st_o, info, compute):
                 return
 
 
 @numba.njit(cache=True, parallel=True)
-def _fa2_parallel(mem, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o, info,
-                  tasks):
+def _fa2_parallel(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o,
+                  info, compute, tasks):
     """The same rows as :func:`_fa2_serial`, one task per (head, query block), each
     with its own counters (``tasks``), reduced afterwards in task order."""
-    tr = (q.shape[1] + bq - 1) // bq
-    ntask = q.shape[0] * tr
-    for t in numba.prange(ntask):
-        _fa2_row(task_mem(tasks, t), t // tr, t % tr, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk,
-                 o, lse, st_m, st_l, st_o, info)
+    nb, nq = dims[0], dims[1]
+    tr = (nq + bq - 1) // bq
+    for t in numba.prange(nb * tr):
+        _fa2_row(task_mem(tasks, t), dims, t // tr, balanced_order(t % tr, tr), q, k, v, mask, has_mask, scale,
+                 causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o, info, compute)
     reduce_tasks(mem, tasks)
 
 
@@ -315,17 +324,19 @@ def _fa2_parallel(mem, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, 
 # FA1: outer loop over key blocks; O, l, m live in HBM between tiles
 # ---------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, lh, mh, info):
+def _fa1(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, lh, mh, info, compute):
+    nb, nq, nk, d, dv = dims
     group, lo, aoff, softcap, slopes = vt  # variants (refattn/kernels/variant_args.py)
-    nb, nq, d = q.shape
-    nk, dv = k.shape[1], v.shape[2]
     tr = (nq + bq - 1) // bq
     tc = (nk + bk - 1) // bk
-    s_buf = np.empty(bq * bk, q.dtype)
+    nbq = bq if compute else 0  # count-only runs keep no arrays
+    s_buf = np.empty(nbq * bk, q.dtype)
     cols = np.empty(bk, np.int64)
-    mt_buf = np.empty(bq, q.dtype)  # m~ of the tile (registers)
-    lt_buf = np.empty(bq, q.dtype)  # l~
-    pv_buf = np.empty((bq, dv), q.dtype)  # P~ V_j
+    mt_buf = np.empty(nbq, q.dtype)  # m~ of the tile (registers)
+    lt_buf = np.empty(nbq, q.dtype)  # l~
+    pv_buf = np.empty((nbq, dv), q.dtype)  # P~ V_j
+    tmp_buf = np.empty((nbq, dv), q.dtype)
+    work = np.empty((4, nbq), q.dtype)
     for h in range(nb // group):  # KV head h serves query heads h*group .. h*group + group - 1
         b0 = h * group
         # step: initialise O = 0, l = 0, m = -inf in HBM for the group's heads (Algorithm 1, line 2)
@@ -334,9 +345,10 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, l
             for i in range(tr):
                 r0 = i * bq
                 r1 = min(r0 + bq, nq)
-                o[b, r0:r1] = 0
-                lh[b, r0:r1] = 0
-                mh[b, r0:r1] = -np.inf
+                if compute:
+                    o[b, r0:r1] = 0
+                    lh[b, r0:r1] = 0
+                    mh[b, r0:r1] = -np.inf
                 hold(mem, T_O, S_O, r0, r1, 0, dv)
                 hold(mem, T_LSUM, S_L, r0, r1, 0, 1)
                 hold(mem, T_M, S_M, r0, r1, 0, 1)
@@ -368,32 +380,34 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, l
                         load(mem, T_M, S_M, r0, r1, 0, 1)
                         if has_mask:
                             load(mem, T_MASK, S_MASK, r0, r1, c0, c1)
-                        s = score_tile(q[b, r0:r1], k[h, c0:c1], bc, s_buf, scale, r0, cols, vis == 2, off,
-                                       mask, has_mask, b, lo, softcap, slopes[b], aoff)
                         hold(mem, T_S, S_S, r0, r1, c0, c1)
-                        mt, lt, pv = mt_buf[:br], lt_buf[:br], pv_buf[:br]
-                        mt[:] = -np.inf
-                        lt[:] = 0
-                        pv[:] = 0
-                        online_update(s, v[h, c0:c1], mt, lt, pv)  # m~, l~, P~ V_j of this tile (lines 9-10)
+                        if compute:
+                            st, eff = score_tile(q[b, r0:r1], k[h, c0:c1], bc, s_buf, scale, r0, cols, vis == 2,
+                                                 off, mask, has_mask, b, lo, softcap, slopes[b], aoff)
+                            mt, lt, pv = mt_buf[:br], lt_buf[:br], pv_buf[:br]
+                            mt[:] = -np.inf
+                            lt[:] = 0
+                            pv[:] = 0
+                            # m~, l~, P~ V_j of this tile (lines 9-10)
+                            online_update(st, v[h, c0:c1], eff, mt, lt, pv, work, tmp_buf[:br])
+                            zero = scale - scale
+                            for r in range(br):  # merge with the running m_i, l_i, O_i (lines 11-12)
+                                mi, li = mh[b, r0 + r], lh[b, r0 + r]
+                                mnew = max(mi, mt[r])
+                                shift = zero
+                                if mnew != -np.inf:
+                                    shift = mnew
+                                a_old = np.exp(mi - shift)
+                                a_new = np.exp(mt[r] - shift)
+                                lnew = a_old * li + a_new * lt[r]
+                                if lnew > 0:
+                                    c_old = li * a_old / lnew
+                                    c_new = a_new / lnew
+                                    for t in range(dv):
+                                        o[b, r0 + r, t] = c_old * o[b, r0 + r, t] + c_new * pv[r, t]
+                                mh[b, r0 + r] = mnew
+                                lh[b, r0 + r] = lnew
                         hold(mem, T_P, S_S, r0, r1, c0, c1)
-                        zero = lt[0] - lt[0]
-                        for r in range(br):  # merge with the running m_i, l_i, O_i (lines 11-12)
-                            mi, li = mh[b, r0 + r], lh[b, r0 + r]
-                            mnew = max(mi, mt[r])
-                            shift = zero
-                            if mnew != -np.inf:
-                                shift = mnew
-                            a_old = np.exp(mi - shift)
-                            a_new = np.exp(mt[r] - shift)
-                            lnew = a_old * li + a_new * lt[r]
-                            if lnew > 0:
-                                c_old = li * a_old / lnew
-                                c_new = a_new / lnew
-                                for t in range(dv):
-                                    o[b, r0 + r, t] = c_old * o[b, r0 + r, t] + c_new * pv[r, t]
-                            mh[b, r0 + r] = mnew
-                            lh[b, r0 + r] = lnew
                         count_flops(mem, 2 * br * bc * (d + dv), br * bc + 2 * br)
                         store(mem, T_O, S_O, r0, r1, 0, dv)
                         store(mem, T_LSUM, S_L, r0, r1, 0, 1)
@@ -408,8 +422,9 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, l
                 r1 = min(r0 + bq, nq)
                 load(mem, T_LSUM, S_L, r0, r1, 0, 1)
                 load(mem, T_M, S_M, r0, r1, 0, 1)
-                for r in range(r0, r1):
-                    lse[b, r] = mh[b, r] + np.log(lh[b, r]) if lh[b, r] > 0 else -np.inf
+                if compute:
+                    for r in range(r0, r1):
+                        lse[b, r] = mh[b, r] + np.log(lh[b, r]) if lh[b, r] > 0 else -np.inf
                 hold(mem, T_L, S_M, r0, r1, 0, 1)  # L overwrites m on chip
                 store(mem, T_L, S_M, r0, r1, 0, 1)
                 free_all(mem)
@@ -421,8 +436,8 @@ def _fa1(mem, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, l
 # Public wrapper
 # ---------------------------------------------------------------------------
 def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mask=None, block=None,
-                  trace=False, stop_after=None, num_kv_heads=None, window=None, softcap=None, alibi_slopes=None,
-                  cu_seqlens_q=None, cu_seqlens_k=None):
+                  trace=False, stop_after=None, count_only=False, num_kv_heads=None, window=None, softcap=None,
+                  alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None):
     """FlashAttention forward on the simulated hierarchy (see the module docstring).
 
     Returns a :class:`~refattn.kernels.contract.KernelResult` with outputs
@@ -433,6 +448,9 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
     ``block``: (Br, Bc) or None for the rule in the module docstring.
     ``stop_after=k``: stop after step k (1 <= k <= n_steps) and return
     ``result.state``; the trace is then always recorded.
+    ``count_only=True``: the same loop with the arithmetic skipped (same traffic,
+    peak SRAM, FLOPs, exps, steps and trace; ``outputs`` empty, no (N, d) array
+    allocated; docs/contract.md). A stopped count-only run has empty ``state.arrays``.
     Variants (docs/variants.md, as in :func:`refattn.reference.attention`):
     ``num_kv_heads`` (GQA/MQA; k, v ``(..., Hkv, Nk, .)``), ``window=(left, right)``,
     ``softcap``, ``alibi_slopes``.
@@ -440,33 +458,37 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
     if variant not in VARIANTS:
         raise ValueError(f"flash_forward: variant must be one of {VARIANTS}, got {variant!r}")
     p, kv = prepare_variants(q, k, v, scale=scale, causal=causal, mask=mask, num_kv_heads=num_kv_heads,
-                             window=window, softcap=softcap, alibi_slopes=alibi_slopes,
-                             cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, where="flash_forward")
+                             window=window, softcap=softcap, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
+                             cu_seqlens_k=cu_seqlens_k, where="flash_forward", count_only=count_only)
     sram = memory.as_sram(sram)
-    nb, nq, nk, d, dv = p.batch, p.nq, p.nk, p.d, p.dv
+    nb, nq, nk, d, dv = p.dims
     has_mask = p.has_mask
     plan = forward_plan(nb, nq, nk, d, dv, sram, variant=variant, has_mask=has_mask, causal=p.causal, block=block,
                         group=kv.group, variants=kv.details)
     plan.check_stop_after(stop_after)
     bq, bk, tr, tc = plan.blocks["Br"], plan.blocks["Bc"], plan.tiles["Tr"], plan.tiles["Tc"]
+    warn_if_costly("flash_forward", plan, p, count_only=count_only)
 
     dt = p.q.dtype
-    o = np.zeros((nb, nq, dv), dt)  # HBM
-    lse = np.zeros((nb, nq), dt)  # HBM
+    compute = not count_only
+    hb, hq = (nb, nq) if compute else (1, 1)  # count-only: placeholders, never touched
+    o = np.zeros((hb, hq, dv), dt)  # HBM
+    lse = np.zeros((hb, hq), dt)  # HBM
     info = np.zeros(6, np.int64)
     traced = bool(trace) or stop_after is not None
 
     ins = (readonly(x) for x in (p.q, kv.k, kv.v, p.mask))
-    common = (*ins, has_mask, dt.type(p.scale), kv.causal, kv.off, kv.vt(dt), bq, bk, o, lse)
+    common = (p.dims, *ins, has_mask, dt.type(p.scale), kv.causal, kv.off, kv.vt(dt), bq, bk, o, lse)
     if variant == "fa2":
-        st_m, st_l, st_o = np.zeros(bq, dt), np.zeros(bq, dt), np.zeros((bq, dv), dt)
-        args = (*common, st_m, st_l, st_o, info)
+        sq = bq if compute else 0
+        st_m, st_l, st_o = np.zeros(sq, dt), np.zeros(sq, dt), np.zeros((sq, dv), dt)
+        args = (*common, st_m, st_l, st_o, info, compute)
 
         def call(mem):
             o.fill(0)
             lse.fill(0)
             ntask = nb * tr
-            if traced or ntask < 2 or nb * nq * nk * (d + dv) < PARALLEL_MIN_WORK:
+            if traced or not compute or ntask < 2 or nb * nq * nk * (d + dv) < PARALLEL_MIN_WORK:
                 _fa2_serial(mem, *args)
             else:
                 _fa2_parallel(mem, *args, new_tasks(ntask, sram.capacity))
@@ -474,12 +496,14 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
         estimate = nb * (tr * tc * 8 + tr * 16)
 
         def state_arrays(r0, r1, c1):
+            if not compute:
+                return {}
             n = r1 - r0
             return {"m": st_m[:n].copy(), "l": st_l[:n].copy(), "o_partial": st_o[:n].copy(),
                     "o_normalised": c1 == nk}
     else:
-        lh, mh = np.zeros((nb, nq), dt), np.zeros((nb, nq), dt)  # HBM l and m
-        args = (*common, lh, mh, info)
+        lh, mh = np.zeros((hb, hq), dt), np.zeros((hb, hq), dt)  # HBM l and m
+        args = (*common, lh, mh, info, compute)
 
         def call(mem):
             _fa1(mem, *args)
@@ -487,6 +511,8 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
         estimate = nb * (tr * tc * 14 + tc * 10 + tr * 20 + 8)
 
         def state_arrays(r0, r1, c1):
+            if not compute:
+                return {}
             b = int(info[1])
             return {"m": mh[b, r0:r1].copy(), "l": lh[b, r0:r1].copy(), "o_partial": o[b, r0:r1].copy(),
                     "o_normalised": True}
@@ -497,5 +523,5 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
                           state_arrays(r0, r1, c1))
 
     mem = run_with_trace(call, sram, trace=traced, trace_estimate=estimate, stop_after=stop_after)
-    return finish(mem, sram, {"o": p.restore(o), "lse": p.restore(lse)}, plan=plan, slot_names=SLOTS,
-                  state_fn=state_fn)
+    outputs = {"o": p.restore(o), "lse": p.restore(lse)} if compute else {}
+    return finish(mem, sram, outputs, plan=plan, slot_names=SLOTS, state_fn=state_fn)

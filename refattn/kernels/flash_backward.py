@@ -83,18 +83,25 @@ import numpy as np
 
 from refattn import memory
 from refattn.kernels.common import (
+    balanced_order,
     close_step,
     enter_tile,
+    fast_exp,
     finish,
     grad_input,
     grad_outputs,
     load_kv_once,
+    new_tasks,
     plan_blocks,
     readonly,
+    reduce_tasks,
     run_with_trace,
     score_tile,
     softcap_dtanh,
     step_state,
+    task_mem,
+    visibility,
+    warn_if_costly,
 )
 from refattn.kernels.contract import Plan
 from refattn.kernels.variant_args import prepare_variants
@@ -127,6 +134,14 @@ BACKWARD_SLOTS = ("Q_i", "K_j", "V_j", "dO_i", "dQ_i", "dK_j", "dV_j", "L_i", "D
                   "mask_ij", "O_i", "dtanh_ij")
 (B_Q, B_K, B_V, B_DO, B_DQ, B_DK, B_DV, B_L, B_D, B_S, B_DP, B_MASK, B_O, B_DT) = range(len(BACKWARD_SLOTS))
 PHASES = ("pre-pass", "main")
+
+#: Untraced runs with at least this much work (B*Nq*Nk*(d+dv)) and two or more (head, key
+#: block) tasks use the parallel driver; smaller ones the serial one. Both run the same
+#: ``_key_block`` and add the dQ contributions in the same order: tests prove they agree bit for bit.
+PARALLEL_MIN_WORK = 1 << 22
+#: The parallel driver runs key blocks in waves whose dQ contributions (one (Nq, d) buffer per
+#: task) take at most this many bytes; after each wave they are added to dQ in key-block order.
+WAVE_BYTES = 32 << 20
 
 
 def slot_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool, softcap: bool = False) -> dict:
@@ -161,159 +176,273 @@ def backward_plan(nb, nq, nk, d, dv, sram, *, has_mask=False, causal=None, block
 
 
 @numba.njit(cache=True)
-def _backward(mem, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk, dq, dk, dv_, dh,
-              st_dk, st_dv, info):
+def _pre_pass(mem, dims, b, q, o, do, bq, dq, dh, info, compute):
+    """Pre-pass of head b: D = rowsum(dO * O) (summed in float64) and dQ = 0 to HBM. True if stopped."""
+    nb, nq, nk, d, dv = dims
+    tr = (nq + bq - 1) // bq
+    for i in range(tr):
+        r0 = i * bq
+        r1 = min(r0 + bq, nq)
+        load(mem, T_O, B_O, r0, r1, 0, dv)
+        load(mem, T_DO, B_DO, r0, r1, 0, dv)
+        if compute:
+            for r in range(r0, r1):
+                acc = 0.0
+                for t in range(dv):
+                    acc += np.float64(do[b, r, t]) * np.float64(o[b, r, t])
+                dh[b, r] = acc
+            dq[b, r0:r1] = 0
+        hold(mem, T_D, B_D, r0, r1, 0, 1)
+        store(mem, T_D, B_D, r0, r1, 0, 1)
+        hold(mem, T_DQ, B_DQ, r0, r1, 0, d)
+        store(mem, T_DQ, B_DQ, r0, r1, 0, d)
+        if close_step(mem, info, 0, b, r0, r1, 0, 0, True):
+            return True
+    return False
+
+
+@numba.njit(cache=True)
+def _probabilities(st, scale, lse_rows, neg):
+    """P^T in place: st[c, r] = exp(scale * st[c, r] - L_r), 0 for a row with L_r = -inf."""
+    n, br = st.shape
+    for r in range(br):
+        x = lse_rows[r]
+        neg[r] = x if x != -np.inf else np.inf  # exp(s - inf) = 0
+    for c in range(n):
+        for r in range(br):
+            st[c, r] = fast_exp(st[c, r] * scale - neg[r])
+
+
+@numba.njit(cache=True)
+def _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk,
+               dq_out, hb, direct, dk, dv_, dh, st_dk, st_dv, info, compute):
+    """All tiles (j, g, i) of key block j of KV head h: the group's query heads g (b = h*G + g), then
+    i = 0..Tr-1 (the main loop's body; G = 1 without GQA).
+
+    Each tile's dQ contribution ``t = scale dS K_j`` is added to ``dq_out[b, rows]``
+    (``direct``: the HBM dQ, serial runs) or stored in ``dq_out[hb, g*Nq + rows]`` (a
+    per-task buffer that the parallel driver adds to dQ afterwards in key-block order, so
+    both drivers make the same float additions in the same order). True if the run stopped.
+    """
+    nb, nq, nk, d, dv = dims
     group, lo, aoff, softcap, slopes = vt  # variants (refattn/kernels/variant_args.py)
-    nb, nq, d = q.shape
-    nk, dv = k.shape[1], v.shape[2]
+    tr = (nq + bq - 1) // bq
+    c0 = j * bk
+    c1 = min(c0 + bk, nk)
+    bc = c1 - c0
+    nbq, nbc = (bq, bc) if compute else (0, 0)  # count-only runs keep no arrays
+    dt = q.dtype
+    cols = np.empty(bc, np.int64)
+    for t in range(bc):
+        cols[t] = c0 + t
+    s_buf = np.empty(nbq * nbc, dt)  # S^T, then P^T (bc, br)
+    t_buf = np.empty(nbq * nbc if softcap > 0 else 0, dt)  # the softcap's 1 - tanh^2 tile (bc, br)
+    ds_buf = np.empty(nbq * nbc, dt)  # dS^T (bc, br), times scale
+    dp_buf = np.empty(nbq * nbc, np.float64)  # dP^T (bc, br) in float64
+    neg = np.empty(nbq, dt)
+    tq = np.empty((nbq, d), dt)  # one tile's dQ contribution
+    tk = np.empty((nbc, d), dt)  # one tile's dK contribution
+    tv = np.empty((nbc, dv), dt)  # one tile's dV contribution
+    dkj = np.zeros((nbc, d), np.float64)  # on chip, float64 across query blocks
+    dvj = np.zeros((nbc, dv), np.float64)
+    vj64 = np.empty((nbc, dv), np.float64)
+    if compute:
+        vj64[:] = v[h, c0:c1]
+    hold(mem, T_DK, B_DK, c0, c1, 0, d)
+    hold(mem, T_DV, B_DV, c0, c1, 0, dv)
+    kv_loaded = False  # K_j, V_j stay on chip for every query head of the group
+    for tile in range(group * tr):
+        g, i = tile // tr, tile % tr
+        b = h * group + g
+        if i == 0:
+            set_head(mem, b)
+        r0 = i * bq
+        r1 = min(r0 + bq, nq)
+        br = r1 - r0
+        vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
+        if vis != 0:
+            kv_loaded = load_kv_once(mem, kv_loaded, B_K, B_V, c0, c1, d, dv)
+            load(mem, T_Q, B_Q, r0, r1, 0, d)
+            load(mem, T_DO, B_DO, r0, r1, 0, dv)
+            load(mem, T_L, B_L, r0, r1, 0, 1)
+            load(mem, T_D, B_D, r0, r1, 0, 1)
+            load(mem, T_DQ, B_DQ, r0, r1, 0, d)
+            if has_mask:
+                load(mem, T_MASK, B_MASK, r0, r1, c0, c1)
+            hold(mem, T_S, B_S, r0, r1, c0, c1)
+            if softcap > 0:
+                hold(mem, T_DT, B_DT, r0, r1, c0, c1)
+            hold(mem, T_P, B_S, r0, r1, c0, c1)
+            hold(mem, T_DP, B_DP, r0, r1, c0, c1)
+            hold(mem, T_DS, B_DP, r0, r1, c0, c1)
+            if compute:
+                qi, doi, kj = q[b, r0:r1], do[b, r0:r1], k[h, c0:c1]
+                st, eff = score_tile(qi, kj, bc, s_buf, scale, r0, cols, vis == 2, off, mask, has_mask, b,
+                                     lo, softcap, slopes[b], aoff)
+                if softcap > 0:  # before S becomes P: the cap's derivative, kept on chip
+                    dtanh = softcap_dtanh(st, t_buf, r0, cols, softcap, slopes[b], aoff)
+                _probabilities(st, eff, lse[b, r0:r1], neg[:br])  # P^T (bc, br)
+                np.dot(st, doi, tv)  # P^T dO_i
+                dvj += tv
+                dpt = dp_buf[:bc * br].reshape((bc, br))
+                np.dot(vj64, doi.astype(np.float64).T, dpt)  # dP^T = V_j dO_i^T, float64
+                ds = ds_buf[:bc * br].reshape((bc, br))
+                for c in range(bc):
+                    for r in range(br):
+                        x = dt.type(dpt[c, r])
+                        ds[c, r] = scale * (st[c, r] * (x - dh[b, r0 + r]))  # scale * dS^T
+                if softcap > 0:
+                    for c in range(bc):
+                        for r in range(br):
+                            ds[c, r] *= dtanh[c, r]  # through the cap: * (1 - tanh^2)
+                tqi = tq[:br]
+                np.dot(ds.T, kj, tqi)  # scale * dS K_j
+                if direct:
+                    dq_out[b, r0:r1] += tqi
+                else:
+                    dq_out[hb, g * nq + r0:g * nq + r1] = tqi
+                np.dot(ds, qi, tk)  # scale * dS^T Q_i
+                dkj += tk
+            store(mem, T_DQ, B_DQ, r0, r1, 0, d)
+            count_flops(mem, 2 * br * bc * (3 * d + 2 * dv), br * bc)
+        last = tile == group * tr - 1
+        if last:  # dK_j, dV_j of the whole group, once per KV head
+            if compute:
+                dk[h, c0:c1] = dkj.astype(dk.dtype)
+                dv_[h, c0:c1] = dvj.astype(dv_.dtype)
+            store(mem, T_DK, B_DK, c0, c1, 0, d)
+            store(mem, T_DV, B_DV, c0, c1, 0, dv)
+        if close_step(mem, info, 1, b, r0, r1, c0, c1, last):
+            if compute:
+                st_dk[:bc] = dkj
+                st_dv[:bc] = dvj
+            return True
+    return False
+
+
+@numba.njit(cache=True)
+def _backward_serial(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk, dq, dk, dv_,
+                     dh, st_dk, st_dv, info, compute):
+    nb, nk = dims[0], dims[2]
+    group = vt[0]
+    tc = (nk + bk - 1) // bk
+    for h in range(nb // group):  # KV head h and its query heads h*G .. h*G + G - 1
+        for b in range(h * group, h * group + group):
+            set_head(mem, b)
+            if _pre_pass(mem, dims, b, q, o, do, bq, dq, dh, info, compute):
+                return
+        for j in range(tc):
+            if _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk,
+                          dq, 0, True, dk, dv_, dh, st_dk, st_dv, info, compute):
+                return
+
+
+@numba.njit(cache=True, parallel=True)
+def _backward_parallel(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk, dq, dk, dv_,
+                       dh, st_dk, st_dv, info, compute, tasks, part):
+    """The same tiles as :func:`_backward_serial`: the pre-passes, then one task per (head, key
+    block) in waves of ``part.shape[0]`` tasks run in parallel (own counters, reduced in task
+    order); after each wave the tasks' dQ contributions are added to dQ in key-block order."""
+    nb, nq, nk = dims[0], dims[1], dims[2]
     tr = (nq + bq - 1) // bq
     tc = (nk + bk - 1) // bk
-    s_buf = np.empty(bq * bk, q.dtype)
-    t_buf = np.empty(bq * bk, q.dtype)  # the softcap's 1 - tanh^2 tile
-    cols = np.empty(bk, np.int64)
-    for h in range(nb // group):  # KV head h serves query heads h*group .. h*group + group - 1
-        b0 = h * group
-        # pre-pass: D = rowsum(dO * O) to HBM (summed in float64), dQ = 0 to HBM
-        for b in range(b0, b0 + group):
-            set_head(mem, b)
-            for i in range(tr):
+    for b in range(nb):
+        set_head(mem, b)
+        _pre_pass(mem, dims, b, q, o, do, bq, dq, dh, info, compute)
+    group, lo = vt[0], vt[1]
+    ntask = nb // group * tc  # one task per (KV head, key block)
+    wave = part.shape[0]
+    for w0 in range(0, ntask, wave):
+        nw = min(wave, ntask - w0)
+        for u in numba.prange(nw):
+            t = w0 + balanced_order(u, nw)  # light and heavy causal key blocks on every thread
+            tm = task_mem(tasks, t)
+            _key_block(tm, dims, t // tc, t % tc, q, k, v, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk,
+                       part, t - w0, False, dk, dv_, dh, st_dk, st_dv, info, compute)
+        if compute:
+            for i in numba.prange(tr):  # dQ_i += contributions, key blocks in order
                 r0 = i * bq
                 r1 = min(r0 + bq, nq)
-                load(mem, T_O, B_O, r0, r1, 0, dv)
-                load(mem, T_DO, B_DO, r0, r1, 0, dv)
-                for r in range(r0, r1):
-                    acc = 0.0
-                    for t in range(dv):
-                        acc += np.float64(do[b, r, t]) * np.float64(o[b, r, t])
-                    dh[b, r] = acc
-                hold(mem, T_D, B_D, r0, r1, 0, 1)
-                store(mem, T_D, B_D, r0, r1, 0, 1)
-                dq[b, r0:r1] = 0
-                hold(mem, T_DQ, B_DQ, r0, r1, 0, d)
-                store(mem, T_DQ, B_DQ, r0, r1, 0, d)
-                if close_step(mem, info, 0, b, r0, r1, 0, 0, True):
-                    return
-        # main loop: outer over key blocks, inner over the group's query heads and their query blocks
-        for j in range(tc):
-            c0 = j * bk
-            c1 = min(c0 + bk, nk)
-            bc = c1 - c0
-            for t in range(bc):
-                cols[t] = c0 + t
-            dkj = np.zeros((bc, d), np.float64)  # on chip, float64 across query blocks and heads
-            dvj = np.zeros((bc, dv), np.float64)
-            hold(mem, T_DK, B_DK, c0, c1, 0, d)
-            hold(mem, T_DV, B_DV, c0, c1, 0, dv)
-            kv_loaded = False
-            for b in range(b0, b0 + group):
-                set_head(mem, b)
-                for i in range(tr):
-                    r0 = i * bq
-                    r1 = min(r0 + bq, nq)
-                    br = r1 - r0
-                    vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
-                    if vis != 0:
-                        kv_loaded = load_kv_once(mem, kv_loaded, B_K, B_V, c0, c1, d, dv)
-                        load(mem, T_Q, B_Q, r0, r1, 0, d)
-                        load(mem, T_DO, B_DO, r0, r1, 0, dv)
-                        load(mem, T_L, B_L, r0, r1, 0, 1)
-                        load(mem, T_D, B_D, r0, r1, 0, 1)
-                        load(mem, T_DQ, B_DQ, r0, r1, 0, d)
-                        if has_mask:
-                            load(mem, T_MASK, B_MASK, r0, r1, c0, c1)
-                        qi, doi, kj, vj = q[b, r0:r1], do[b, r0:r1], k[h, c0:c1], v[h, c0:c1]
-                        s = score_tile(qi, kj, bc, s_buf, scale, r0, cols, vis == 2, off, mask, has_mask, b,
-                                       lo, softcap, slopes[b], aoff)
-                        hold(mem, T_S, B_S, r0, r1, c0, c1)
-                        if softcap > 0:
-                            dt_ = softcap_dtanh(s, t_buf, r0, cols, softcap, slopes[b], aoff)
-                            hold(mem, T_DT, B_DT, r0, r1, c0, c1)
-                        for r in range(br):
-                            li = lse[b, r0 + r]
-                            for c in range(bc):
-                                if li == -np.inf:
-                                    s[r, c] = 0
-                                else:
-                                    s[r, c] = np.exp(s[r, c] - li)  # P = exp(S - L)
-                        hold(mem, T_P, B_S, r0, r1, c0, c1)
-                        dvj += np.dot(s.T, doi)
-                        dp64 = np.dot(doi.astype(np.float64), vj.astype(np.float64).T)  # (br, bc)
-                        dp = dp64.astype(q.dtype)
-                        hold(mem, T_DP, B_DP, r0, r1, c0, c1)
-                        for r in range(br):
-                            di = dh[b, r0 + r]
-                            for c in range(bc):
-                                dp[r, c] = scale * (s[r, c] * (dp[r, c] - di))  # scale * dS
-                                if softcap > 0:
-                                    dp[r, c] *= dt_[r, c]  # through the cap: * (1 - tanh^2)
-                        hold(mem, T_DS, B_DP, r0, r1, c0, c1)
-                        dq[b, r0:r1] += np.dot(dp, kj)
-                        store(mem, T_DQ, B_DQ, r0, r1, 0, d)
-                        dkj += np.dot(dp.T, qi)
-                        count_flops(mem, 2 * br * bc * (3 * d + 2 * dv), br * bc)
-                    last = i == tr - 1 and b == b0 + group - 1
-                    if last:
-                        dk[h, c0:c1] = dkj.astype(dk.dtype)
-                        dv_[h, c0:c1] = dvj.astype(dv_.dtype)
-                        store(mem, T_DK, B_DK, c0, c1, 0, d)
-                        store(mem, T_DV, B_DV, c0, c1, 0, dv)
-                    if close_step(mem, info, 1, b, r0, r1, c0, c1, last):
-                        st_dk[:bc] = dkj
-                        st_dv[:bc] = dvj
-                        return
+                for u in range(nw):
+                    h, j = (w0 + u) // tc, (w0 + u) % tc
+                    c0 = j * bk
+                    if visibility(r0, r1, c0, min(c0 + bk, nk), causal, off, lo) != 0:
+                        for g in range(group):
+                            dq[h * group + g, r0:r1] += part[u, g * nq + r0:g * nq + r1]
+    reduce_tasks(mem, tasks)
 
 
 def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=None, block=None,
-                   trace=False, stop_after=None, num_kv_heads=None, window=None, softcap=None, alibi_slopes=None,
-                   cu_seqlens_q=None, cu_seqlens_k=None):
+                   trace=False, stop_after=None, count_only=False, num_kv_heads=None, window=None, softcap=None,
+                   alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None):
     """FlashAttention backward (see the module docstring). Returns a KernelResult with ``dq, dk, dv``.
 
     ``o`` and ``lse`` are the forward's outputs (any float dtype; cast to the
     input dtype); ``do`` has the shape of ``o``. ``lse`` may hold -inf (fully
     masked rows) but no NaN or +inf. ``stop_after=k`` stops after step k and
     sets ``result.state`` (docs/contract.md; arrays ``dk_partial``, ``dv_partial``).
+    ``count_only=True``: the same loop with the arithmetic skipped (same counts and
+    trace, ``outputs`` empty, no (N, d) array allocated; docs/contract.md).
     Variants as in :func:`refattn.kernels.flash.flash_forward` (docs/variants.md); with
     ``num_kv_heads``, ``dk`` and ``dv`` are summed over each group on chip and have the shapes of k, v.
     """
     where = "flash_backward"
     p, kv = prepare_variants(q, k, v, scale=scale, causal=causal, mask=mask, num_kv_heads=num_kv_heads,
-                             window=window, softcap=softcap, alibi_slopes=alibi_slopes,
-                             cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, where=where)
+                             window=window, softcap=softcap, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
+                             cu_seqlens_k=cu_seqlens_k, where=where, count_only=count_only)
     sram = memory.as_sram(sram)
-    nb, nq, nk, d, dv = p.batch, p.nq, p.nk, p.d, p.dv
+    nb, nq, nk, d, dv = p.dims
     dt = p.q.dtype
+    compute = not count_only
     oshape = p.lead + (nq, dv)
     o_f = grad_input("o", o, oshape, dt, where)
     do_f = grad_input("do", do, oshape, dt, where)
     lse_f = grad_input("lse", lse, p.lead + (nq,), dt, where, allow_neginf=True)
-    check_product_range(where, "dP = dO V^T", "do", do_f, "v", p.v, 1.0, dt)
+    v_full = p.v if compute else np.asarray(v)
+    check_product_range(where, "dP = dO V^T", "do", do_f, "v", v_full, 1.0, dt)
+    if not compute:  # placeholders of the same types: the loop only counts
+        o_f, do_f, lse_f = (np.zeros((1,) * (x.ndim - 1) + (x.shape[-1],), dt) if x.ndim == 3
+                            else np.zeros((1, 1), dt) for x in (o_f, do_f, lse_f))
 
     plan = backward_plan(nb, nq, nk, d, dv, sram, has_mask=p.has_mask, causal=p.causal, block=block,
                          group=kv.group, variants=kv.details)
+    group = kv.group
     plan.check_stop_after(stop_after)
     bq, bk, tr, tc = plan.blocks["Br"], plan.blocks["Bc"], plan.tiles["Tr"], plan.tiles["Tc"]
+    warn_if_costly(where, plan, p, count_only=count_only, flops=2 * nb * nq * nk * (3 * d + 2 * dv))
 
-    dq = np.zeros((nb, nq, d), dt)
-    dk = np.zeros((nb // kv.group, nk, d), dt)  # one per KV head
-    dvv = np.zeros((nb // kv.group, nk, dv), dt)
-    dh = np.zeros((nb, nq), dt)  # D in HBM
+    hb, hq, hk = (nb, nq, nk) if compute else (1, 1, 1)  # count-only: placeholders, never touched
+    dq = np.zeros((hb, hq, d), dt)
+    hkv = nb // group if compute else 1  # one dK, dV per KV head
+    dk = np.zeros((hkv, hk, d), dt)
+    dvv = np.zeros((hkv, hk, dv), dt)
+    dh = np.zeros((hb, hq), dt)  # D in HBM
     st_dk, st_dv, info = np.zeros((bk, d)), np.zeros((bk, dv)), np.zeros(6, np.int64)
     ins = (readonly(x) for x in (p.q, kv.k, kv.v, o_f, lse_f, do_f, p.mask))
-    args = (*ins, p.has_mask, dt.type(p.scale), kv.causal, kv.off, kv.vt(dt), bq, bk, dq, dk, dvv, dh,
-            st_dk, st_dv, info)
+    args = (p.dims, *ins, p.has_mask, dt.type(p.scale), kv.causal, kv.off, kv.vt(dt), bq, bk, dq, dk, dvv, dh,
+            st_dk, st_dv, info, compute)
+    traced = bool(trace) or stop_after is not None
 
     def call(mem):
-        _backward(mem, *args)
+        ntask = nb // group * tc  # (KV head, key block) tasks
+        if traced or not compute or ntask < 2 or nb * nq * nk * (d + dv) < PARALLEL_MIN_WORK:
+            _backward_serial(mem, *args)
+        else:
+            # tasks per wave: as many as WAVE_BYTES of dQ contributions hold (at least two per thread)
+            wave = min(ntask, max(2 * numba.get_num_threads(), WAVE_BYTES // (group * nq * d * dt.itemsize)))
+            part = np.empty((wave, group * hq, d), dt)  # per-task dQ contributions of one wave (the group's)
+            _backward_parallel(mem, *args, new_tasks(ntask, sram.capacity), part)
 
     def state_fn(mem, trace_):
         n = int(info[5] - info[4])
-        return step_state(mem, sram, trace_, info, PHASES,
-                          {"dk_partial": st_dk[:n].copy(), "dv_partial": st_dv[:n].copy()})
+        arrays = {"dk_partial": st_dk[:n].copy(), "dv_partial": st_dv[:n].copy()} if compute else {}
+        return step_state(mem, sram, trace_, info, PHASES, arrays)
 
     estimate = nb * (tr * tc * 14 + tc * 8 + tr * 10)
-    mem = run_with_trace(call, sram, trace=bool(trace) or stop_after is not None, trace_estimate=estimate,
-                         stop_after=stop_after)
-    outputs = grad_outputs(p, (np.shape(q),), dq=dq)
-    outputs.update(dk=unbroadcast(dk.reshape(kv.kv_lead + dk.shape[1:]), np.shape(k)),
-                   dv=unbroadcast(dvv.reshape(kv.kv_lead + dvv.shape[1:]), np.shape(v)))
+    mem = run_with_trace(call, sram, trace=traced, trace_estimate=estimate, stop_after=stop_after)
+    outputs = {}
+    if compute:
+        outputs = grad_outputs(p, (np.shape(q),), dq=dq)
+        outputs.update(dk=unbroadcast(dk.reshape(kv.kv_lead + dk.shape[1:]), np.shape(k)),
+                       dv=unbroadcast(dvv.reshape(kv.kv_lead + dvv.shape[1:]), np.shape(v)))
     return finish(mem, sram, outputs, plan=plan, slot_names=BACKWARD_SLOTS, state_fn=state_fn)

@@ -124,26 +124,29 @@ def footprint(block: int, d: int, dv: int) -> int:
 
 
 @numba.njit(cache=True)
-def _query_block(mem, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, offset,
-                 o, lse, m_i, l_i, acc, info):
-    """All steps of query block qb of head h. Returns True if stopped (state in m_i, l_i, acc, info)."""
-    nq, d = q.shape[1], q.shape[2]
-    nk, dv = k.shape[1], v.shape[2]
+def _query_block(mem, dims, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, offset,
+                 o, lse, m_i, l_i, acc, info, compute):
+    """All steps of query block qb of head h. Returns True if stopped (state in m_i, l_i, acc, info).
+    ``compute`` False: count only (docs/contract.md), no arithmetic and no gathers."""
+    nb, nq, nk, d, dv = dims
     r0 = qb * block
     r1 = min(r0 + block, nq)
     rows = r1 - r0
-    qt = q[h, r0:r1]  # (rows, d)
-    kt = np.empty((block, d), q.dtype)  # gathered key rows
-    vt = np.empty((block, dv), q.dtype)
-    s_flat = np.empty(block * block, q.dtype)  # S tile, viewed as (rows, n)
+    nblock = block if compute else 0  # count-only runs keep no arrays
+    kt = np.empty((nblock, d), q.dtype)  # gathered key rows
+    vt = np.empty((nblock, dv), q.dtype)
+    s_flat = np.empty(nblock * nblock, q.dtype)  # S^T tile, viewed as (n, rows)
+    work = np.empty((4, nblock), q.dtype)
+    pv = np.empty((min(rows, nblock), dv), q.dtype)
     cols = np.empty(block, np.int64)
     no_mask = np.ones((1, 1, 1), np.bool_)
     m = m_i[:rows]
     l = l_i[:rows]
     a = acc[:rows]
-    m[:] = -np.inf
-    l[:] = 0
-    a[:] = 0
+    if compute:
+        m[:] = -np.inf
+        l[:] = 0
+        a[:] = 0
 
     b0, b1 = bo[h, qb], bo[h, qb + 1]
     c0, c1 = co[h, qb], co[h, qb + 1]
@@ -169,11 +172,13 @@ def _query_block(mem, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, o
             if vis != 0:
                 memory.load(mem, memory.T_K, SLOT_K, k0, k1, 0, d)
                 memory.load(mem, memory.T_V, SLOT_V, k0, k1, 0, dv)
-                for j in range(w):
-                    cols[j] = k0 + j
-                s = score_tile(qt, k[h, k0:k1], w, s_flat, scale, r0, cols, vis == 2, offset, no_mask, False, h)
                 memory.hold(mem, memory.T_S, SLOT_S, r0, r1, k0, k1)
-                online_update(s, v[h, k0:k1], m, l, a)
+                if compute:
+                    for j in range(w):
+                        cols[j] = k0 + j
+                    st, eff = score_tile(q[h, r0:r1], k[h, k0:k1], w, s_flat, scale, r0, cols, vis == 2, offset,
+                                         no_mask, False, h)
+                    online_update(st, v[h, k0:k1], eff, m, l, a, work, pv)
                 memory.count_flops(mem, 2 * rows * w * (d + dv), rows * w)
         elif nblk + (c1 - c0) > 0:  # ---- single columns, gathered `block` at a time
             phase = 1
@@ -193,23 +198,27 @@ def _query_block(mem, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, o
                 else:
                     memory.load_more(mem, memory.T_K, SLOT_K, c, c + 1, 0, d)
                     memory.load_more(mem, memory.T_V, SLOT_V, c, c + 1, 0, dv)
-                for x in range(d):  # gather one key row and one value row
-                    kt[g, x] = k[h, c, x]
-                for x in range(dv):
-                    vt[g, x] = v[h, c, x]
+                if compute:
+                    for x in range(d):  # gather one key row and one value row
+                        kt[g, x] = k[h, c, x]
+                    for x in range(dv):
+                        vt[g, x] = v[h, c, x]
                 cols[g] = c
                 g += 1
             if g > 0:
-                s = score_tile(qt, kt, g, s_flat, scale, r0, cols, causal_on, offset, no_mask, False, h)
                 # a gathered tile's S event names entries [t, t+g) of column_indices (not key columns):
                 # visible columns come first in the sorted list, so they are exactly ci[t:t+g]
                 memory.hold(mem, memory.T_S, SLOT_S, r0, r1, t, t + g)
-                online_update(s, vt, m, l, a)
+                if compute:
+                    st, eff = score_tile(q[h, r0:r1], kt, g, s_flat, scale, r0, cols, causal_on, offset, no_mask,
+                                         False, h)
+                    online_update(st, vt, eff, m, l, a, work, pv)
                 memory.count_flops(mem, 2 * rows * g * (d + dv), rows * g)
             else:
                 memory.skip(mem, r0, r1, ci[t], ci[t_end - 1] + 1)
         if step == nsteps - 1:  # ---- finish: O = acc / l, lse = m + log l (empty rows: 0 and -inf)
-            finalise_rows(a, m, l, o[h, r0:r1], lse[h, r0:r1])
+            if compute:
+                finalise_rows(a, m, l, o[h, r0:r1], lse[h, r0:r1])
             memory.store(mem, memory.T_O, SLOT_O, r0, r1, 0, dv)
             memory.store(mem, memory.T_L, SLOT_L, r0, r1, 0, 1)
         if close_step(mem, info, phase, h, r0, r1, cs, ce, step == nsteps - 1):
@@ -218,30 +227,31 @@ def _query_block(mem, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, o
 
 
 @numba.njit(cache=True)
-def _run_serial(mem, q, k, v, bo, bi, co, ci, block, scale, causal_on, offset, o, lse, m_i, l_i, acc, info):
-    """Traced / stepped path: the same per-block function, one block after another."""
-    heads, nq = q.shape[0], q.shape[1]
+def _run_serial(mem, dims, q, k, v, bo, bi, co, ci, block, scale, causal_on, offset, o, lse, compute,
+                m_i, l_i, acc, info):
+    """Traced / stepped / count-only path: the same per-block function, one block after another."""
+    heads, nq = dims[0], dims[1]
     nqb = (nq + block - 1) // block
     for h in range(heads):
         memory.set_head(mem, h)
         for qb in range(nqb):
-            if _query_block(mem, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, offset,
-                            o, lse, m_i, l_i, acc, info):
+            if _query_block(mem, dims, q, k, v, bo, bi, co, ci, h, qb, block, scale, causal_on, offset,
+                            o, lse, m_i, l_i, acc, info, compute):
                 return
 
 
 @numba.njit(cache=True, parallel=True)
-def _run_parallel(mem, q, k, v, bo, bi, co, ci, block, scale, causal_on, offset, o, lse, tasks):
+def _run_parallel(mem, dims, q, k, v, bo, bi, co, ci, block, scale, causal_on, offset, o, lse, compute, tasks):
     """Fast path: all (head, query block) tasks in a prange, per-task counters reduced in order."""
-    nq, dv = q.shape[1], v.shape[2]
+    nq, dv = dims[1], dims[4]
     nqb = (nq + block - 1) // block
     for t in numba.prange(tasks.counts.shape[0]):
         h = t // nqb
         tm = task_mem(tasks, t)
         memory.set_head(tm, h)
-        _query_block(tm, q, k, v, bo, bi, co, ci, h, t - h * nqb, block, scale, causal_on, offset, o, lse,
+        _query_block(tm, dims, q, k, v, bo, bi, co, ci, h, t - h * nqb, block, scale, causal_on, offset, o, lse,
                      np.empty(block, q.dtype), np.empty(block, q.dtype), np.empty((block, dv), q.dtype),
-                     np.zeros(6, np.int64))
+                     np.zeros(6, np.int64), compute)
     reduce_tasks(mem, tasks)
 
 
@@ -289,7 +299,8 @@ def sparse_plan(block, bo, co, d, dv, sram, *, heads, causal=None) -> Plan:
                 details={"causal": causal or "none", "heads": heads})
 
 
-def sparse_forward(q, k, v, index_set, *, sram, causal=True, scale=None, trace=False, stop_after=None):
+def sparse_forward(q, k, v, index_set, *, sram, causal=True, scale=None, trace=False, stop_after=None,
+                   count_only=False):
     """Attention over the entries an :class:`IndexSet` lists, on the simulated hierarchy.
 
     Returns a :class:`~refattn.kernels.contract.KernelResult` with ``o`` (..., Nq, dv) and
@@ -299,9 +310,10 @@ def sparse_forward(q, k, v, index_set, *, sram, causal=True, scale=None, trace=F
     flattened leading index (batch x heads). ``causal``: False, True
     (bottom-right) or "top_left"; ``sram``: an :class:`~refattn.memory.Sram`,
     an int M or a chip name. See the module docstring for the algorithm,
-    steps, traffic closed form and footprint.
+    steps, traffic closed form and footprint. ``count_only=True``: the same loop with the
+    arithmetic skipped (same counts and trace, ``outputs`` empty; docs/contract.md).
     """
-    p = prepare(q, k, v, scale=scale, causal=causal, where="sparse_forward")
+    p = prepare(q, k, v, scale=scale, causal=causal, where="sparse_forward", count_only=count_only)
     sram = memory.as_sram(sram)
     block, bo, bi, co, ci = _index_arrays(index_set, p.batch, p.nq, p.nk)
     plan = sparse_plan(block, bo, co, p.d, p.dv, sram, heads=p.batch, causal=p.causal)
@@ -309,16 +321,18 @@ def sparse_forward(q, k, v, index_set, *, sram, causal=True, scale=None, trace=F
     plan.check_stop_after(stop_after)
     causal_on = p.causal is not None
     dt = p.q.dtype
-    o = np.zeros((p.batch, p.nq, p.dv), dt)
-    lse = np.full((p.batch, p.nq), -np.inf, dt)
+    compute = not count_only
+    hb, hq = (p.batch, p.nq) if compute else (1, 1)  # count-only: placeholders, never touched
+    o = np.zeros((hb, hq, p.dv), dt)
+    lse = np.full((hb, hq), -np.inf, dt)
     traced = bool(trace) or stop_after is not None
     m_i, l_i, acc = np.empty(block, dt), np.empty(block, dt), np.empty((block, p.dv), dt)
     info = np.zeros(6, np.int64)
-    args = (*(readonly(x) for x in (p.q, p.k, p.v)), bo, bi, co, ci, block, dt.type(p.scale), causal_on,
-            p.offset, o, lse)
+    args = (p.dims, *(readonly(x) for x in (p.q, p.k, p.v)), bo, bi, co, ci, block, dt.type(p.scale), causal_on,
+            p.offset, o, lse, compute)
 
     def call(mem):
-        if traced:
+        if traced or not compute:
             _run_serial(mem, *args, m_i, l_i, acc, info)
         else:
             _run_parallel(mem, *args, new_tasks(p.batch * (bo.shape[1] - 1), sram.capacity))
@@ -326,6 +340,8 @@ def sparse_forward(q, k, v, index_set, *, sram, causal=True, scale=None, trace=F
     def state_fn(mem, trace_):
         h, r0, r1, cs, ce = (int(x) for x in info[1:])
         rows = r1 - r0
+        if not compute:
+            return step_state(mem, sram, trace_, info, PHASES, {})
         done = int(mem.cursor[1]) == _last_step_of_block(plan, bo, co, block, h, r0 // block)
         arrays = {"m": m_i[:rows].copy(), "l": l_i[:rows].copy(),
                   "o_partial": (o[h, r0:r1] if done else acc[:rows]).copy(), "o_normalised": done,
@@ -337,8 +353,8 @@ def sparse_forward(q, k, v, index_set, *, sram, causal=True, scale=None, trace=F
     per_head = 1 if isinstance(index_set, (list, tuple)) else p.batch
     estimate = 12 * p.batch * bo.shape[1] + per_head * (7 * len(bi) + 3 * len(ci)) + 8
     mem = run_with_trace(call, sram, trace=traced, trace_estimate=estimate, stop_after=stop_after)
-    return finish(mem, sram, {"o": p.restore(o), "lse": p.restore(lse)}, plan=plan, slot_names=SLOT_NAMES,
-                  state_fn=state_fn)
+    outputs = {"o": p.restore(o), "lse": p.restore(lse)} if compute else {}
+    return finish(mem, sram, outputs, plan=plan, slot_names=SLOT_NAMES, state_fn=state_fn)
 
 
 def _last_step_of_block(plan, bo, co, block, h, qb) -> int:

@@ -108,6 +108,7 @@ from refattn.kernels.common import (
     run_with_trace,
     score_tile,
     step_state,
+    warn_if_costly,
 )
 from refattn.kernels.contract import KernelResult, Plan
 from refattn.validation import check_product_range
@@ -186,25 +187,25 @@ def _sum64(x):
 
 
 @numba.njit(cache=True)
-def _pass_scores(mem, h, q, k, mask, has_mask, scale, causal_on, offset, R, C, s_hbm, info):
+def _pass_scores(mem, dims, h, q, k, mask, has_mask, scale, causal_on, offset, R, C, s_hbm, info, compute):
     """F1: S[h] = scale * Q K^T with the causal/boolean mask as -inf; one step per R x C tile."""
-    nq, d, nk = q.shape[1], q.shape[2], k.shape[1]
-    s_buf = np.empty(R * C, q.dtype)
+    nq, nk, d = dims[1], dims[2], dims[3]
+    s_buf = np.empty(R * C if compute else 0, q.dtype)
     cols = np.arange(nk)
     for r0 in range(0, nq, R):
         r1 = min(r0 + R, nq)
         memory.load(mem, memory.T_Q, SLOT_ROWS, r0, r1, 0, d)  # Q block (rows, d)
-        qt = q[h, r0:r1]
         for c0 in range(0, nk, C):
             c1 = min(c0 + C, nk)
             memory.load(mem, memory.T_K, SLOT_COLS, c0, c1, 0, d)  # K block (w, d)
             if has_mask:
                 memory.load(mem, memory.T_MASK, SLOT_MASK, r0, r1, c0, c1)
-            st = score_tile(qt, k[h, c0:c1], c1 - c0, s_buf, scale, r0, cols[c0:c1], causal_on, offset,
-                            mask, has_mask, h)  # (rows, w), masked entries -inf
+            if compute:  # S^T (w, rows) unscaled, masked entries -inf; S = eff * st^T
+                st, eff = score_tile(q[h, r0:r1], k[h, c0:c1], c1 - c0, s_buf, scale, r0, cols[c0:c1], causal_on,
+                                     offset, mask, has_mask, h)
+                s_hbm[h, r0:r1, c0:c1] = st.T * eff
             memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * d, 0)
             memory.hold(mem, memory.T_S, SLOT_TILE, r0, r1, c0, c1)
-            s_hbm[h, r0:r1, c0:c1] = st
             memory.store(mem, memory.T_S, SLOT_TILE, r0, r1, c0, c1)
             if close_step(mem, info, 0, h, r0, r1, c0, c1, r1 == nq and c1 == nk):
                 return True
@@ -212,16 +213,16 @@ def _pass_scores(mem, h, q, k, mask, has_mask, scale, causal_on, offset, R, C, s
 
 
 @numba.njit(cache=True)
-def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
+def _pass_softmax(mem, dims, h, R, C, s_hbm, p_hbm, lse, info, compute):
     """F2: P[h] = softmax(S[h]) row-wise, lse = m + log l; whole rows, or two sweeps per row."""
-    nq, nk = s_hbm.shape[1], s_hbm.shape[2]
+    nq, nk = dims[1], dims[2]
     ninf = -np.inf
     if C == nk:  # whole rows fit: one read and one write of S / P per element
         for r0 in range(0, nq, R):
             r1 = min(r0 + R, nq)
             memory.load(mem, memory.T_S, SLOT_TILE, r0, r1, 0, nk)  # S rows (rows, Nk)
             memory.hold(mem, memory.T_L, SLOT_STATS, r0, r1, 0, 2)  # m, l per row
-            for i in range(r0, r1):
+            for i in range(r0, r1 if compute else r0):
                 row = s_hbm[h, i]
                 m = row.max()
                 if m == ninf:  # fully masked row
@@ -246,23 +247,28 @@ def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
             for c0 in range(0, nk, C):
                 c1 = min(c0 + C, nk)
                 memory.load(mem, memory.T_S, SLOT_TILE, i, i + 1, c0, c1)
-                chunk = s_hbm[h, i, c0:c1]
-                m_new = max(m, chunk.max())
+                m_new = ninf
+                if compute:
+                    chunk = s_hbm[h, i, c0:c1]
+                    m_new = max(m, chunk.max())
                 if m_new != ninf:
                     alpha = 0.0 if m == ninf else np.exp(m - m_new)
                     tot = alpha * tot + _sum64(np.exp(chunk - m_new))
                     m = m_new
                 memory.count_flops(mem, 0, c1 - c0)
-                if c1 == nk:
+                if c1 == nk and compute:
                     lse[h, i] = ninf if tot == 0.0 else m + np.log(tot)
+                if c1 == nk:
                     memory.store(mem, memory.T_L, SLOT_STATS, i, i + 1, 0, 1)
                 if close_step(mem, info, 1, h, i, i + 1, c0, c1, False):
                     return True
-            L = lse[h, i]
+            L = lse[h, i] if compute else ninf
             for c0 in range(0, nk, C):
                 c1 = min(c0 + C, nk)
                 memory.load(mem, memory.T_S, SLOT_TILE, i, i + 1, c0, c1)
-                if L == ninf:
+                if not compute:
+                    pass
+                elif L == ninf:
                     p_hbm[h, i, c0:c1] = 0.0
                 else:
                     p_hbm[h, i, c0:c1] = np.exp(s_hbm[h, i, c0:c1] - L)
@@ -275,7 +281,8 @@ def _pass_softmax(mem, h, R, C, s_hbm, p_hbm, lse, info):
 
 
 @numba.njit(cache=True)
-def _pass_matmul(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t, out, factor, R, C, acc, info, transposed):
+def _pass_matmul(mem, dims, h, pas, tile_t, tile_hbm, inner_t, inner, out_t, out, factor, R, C, acc, info,
+                 transposed, w_out, compute):
     """out[h] = factor * T @ inner[h] with T = tile[h] (``transposed`` False) or tile[h]^T (True).
 
     F3 (O = P V), B4 (dQ = scale dS K); transposed: B1 (dV = P^T dO), B5
@@ -284,7 +291,7 @@ def _pass_matmul(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t, out, fact
     step per tile, the accumulator stored after the last tile of its block.
     The tile's events name query rows x key columns either way.
     """
-    nq, nk, w_out = tile_hbm.shape[1], tile_hbm.shape[2], inner.shape[2]
+    nq, nk = dims[1], dims[2]
     n_out, n_in = (nk, nq) if transposed else (nq, nk)
     for a0 in range(0, n_out, R):
         a1 = min(a0 + R, n_out)
@@ -295,14 +302,16 @@ def _pass_matmul(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t, out, fact
             r0, r1, c0, c1 = (b0, b1, a0, a1) if transposed else (a0, a1, b0, b1)
             memory.load(mem, tile_t, SLOT_TILE, r0, r1, c0, c1)  # tile (queries, keys)
             memory.load(mem, inner_t, SLOT_COLS, b0, b1, 0, w_out)  # inner block (b1 - b0, w_out)
-            t = np.ascontiguousarray(tile_hbm[h, r0:r1, c0:c1])
-            if transposed:
-                acc[:a1 - a0, :w_out] += np.dot(t.T, inner[h, b0:b1])
-            else:
-                acc[:a1 - a0, :w_out] += np.dot(t, inner[h, b0:b1])
+            if compute:
+                t = np.ascontiguousarray(tile_hbm[h, r0:r1, c0:c1])
+                if transposed:
+                    acc[:a1 - a0, :w_out] += np.dot(t.T, inner[h, b0:b1])
+                else:
+                    acc[:a1 - a0, :w_out] += np.dot(t, inner[h, b0:b1])
             memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * w_out, 0)
             if b1 == n_in:
-                out[h, a0:a1] = acc[:a1 - a0, :w_out] * factor
+                if compute:
+                    out[h, a0:a1] = acc[:a1 - a0, :w_out] * factor
                 memory.store(mem, out_t, SLOT_ACC, a0, a1, 0, w_out)
             if close_step(mem, info, pas, h, r0, r1, c0, c1, a1 == n_out and b1 == n_in):
                 return True
@@ -310,25 +319,26 @@ def _pass_matmul(mem, h, pas, tile_t, tile_hbm, inner_t, inner, out_t, out, fact
 
 
 @numba.njit(cache=True)
-def _pass_dp(mem, h, do, o, v, R, C, dp_hbm, d_hbm, info):
+def _pass_dp(mem, dims, h, do, o, v, R, C, dp_hbm, d_hbm, info, compute):
     """B2: D = rowsum(dO * O) (stored with the first tile of the row block); dP = dO V^T."""
-    nq, dv, nk = do.shape[1], do.shape[2], v.shape[1]
+    nq, nk, dv = dims[1], dims[2], dims[4]
     for r0 in range(0, nq, R):
         r1 = min(r0 + R, nq)
         memory.load(mem, memory.T_DO, SLOT_ROWS, r0, r1, 0, dv)  # dO block (rows, dv)
         memory.load(mem, memory.T_O, SLOT_ROWS2, r0, r1, 0, dv)  # O block (rows, dv)
-        for i in range(r0, r1):  # D = rowsum(dO * O), summed in float64
+        for i in range(r0, r1 if compute else r0):  # D = rowsum(dO * O), summed in float64
             acc_d = 0.0
             for t in range(dv):
                 acc_d += np.float64(do[h, i, t]) * np.float64(o[h, i, t])
             d_hbm[h, i] = acc_d
         memory.hold(mem, memory.T_D, SLOT_STATS, r0, r1, 0, 1)
         memory.store(mem, memory.T_D, SLOT_STATS, r0, r1, 0, 1)
-        do64 = do[h, r0:r1].astype(np.float64)
+        do64 = do[h, r0:r1 if compute else r0].astype(np.float64)
         for c0 in range(0, nk, C):
             c1 = min(c0 + C, nk)
             memory.load(mem, memory.T_V, SLOT_COLS, c0, c1, 0, dv)
-            dp_hbm[h, r0:r1, c0:c1] = np.dot(do64, v[h, c0:c1].astype(np.float64).T)  # summed in float64
+            if compute:
+                dp_hbm[h, r0:r1, c0:c1] = np.dot(do64, v[h, c0:c1].astype(np.float64).T)  # summed in float64
             memory.count_flops(mem, 2 * (r1 - r0) * (c1 - c0) * dv, 0)
             memory.hold(mem, memory.T_DP, SLOT_TILE, r0, r1, c0, c1)
             memory.store(mem, memory.T_DP, SLOT_TILE, r0, r1, c0, c1)
@@ -338,9 +348,9 @@ def _pass_dp(mem, h, do, o, v, R, C, dp_hbm, d_hbm, info):
 
 
 @numba.njit(cache=True)
-def _pass_ds(mem, h, R, C, p_hbm, dp_hbm, d_hbm, ds_hbm, info):
+def _pass_ds(mem, dims, h, R, C, p_hbm, dp_hbm, d_hbm, ds_hbm, info, compute):
     """B3: dS = P * (dP - D), elementwise by R x C tiles (whole rows when they fit)."""
-    nq, nk = p_hbm.shape[1], p_hbm.shape[2]
+    nq, nk = dims[1], dims[2]
     for r0 in range(0, nq, R):
         r1 = min(r0 + R, nq)
         memory.load(mem, memory.T_D, SLOT_STATS, r0, r1, 0, 1)
@@ -348,7 +358,7 @@ def _pass_ds(mem, h, R, C, p_hbm, dp_hbm, d_hbm, ds_hbm, info):
             c1 = min(c0 + C, nk)
             memory.load(mem, memory.T_P, SLOT_TILE, r0, r1, c0, c1)
             memory.load(mem, memory.T_DP, SLOT_TILE2, r0, r1, c0, c1)
-            for i in range(r0, r1):
+            for i in range(r0, r1 if compute else r0):
                 di = d_hbm[h, i]
                 for j in range(c0, c1):
                     ds_hbm[h, i, j] = p_hbm[h, i, j] * (dp_hbm[h, i, j] - di)
@@ -360,37 +370,40 @@ def _pass_ds(mem, h, R, C, p_hbm, dp_hbm, d_hbm, ds_hbm, info):
 
 
 @numba.njit(cache=True)
-def _forward(mem, q, k, v, mask, has_mask, scale, causal_on, offset, plan, s_hbm, p_hbm, o, lse, acc,
-             info, upto):
+def _forward(mem, dims, q, k, v, mask, has_mask, scale, causal_on, offset, plan, s_hbm, p_hbm, o, lse, acc,
+             info, upto, compute):
     """Passes F1..F`upto` for every head (upto = 2 rebuilds P for the backward)."""
-    for h in range(q.shape[0]):
+    for h in range(dims[0]):
         memory.set_head(mem, h)
-        if _pass_scores(mem, h, q, k, mask, has_mask, scale, causal_on, offset, plan[0], plan[1], s_hbm, info):
+        if _pass_scores(mem, dims, h, q, k, mask, has_mask, scale, causal_on, offset, plan[0], plan[1], s_hbm, info,
+                        compute):
             return True
-        if _pass_softmax(mem, h, plan[2], plan[3], s_hbm, p_hbm, lse, info):
+        if _pass_softmax(mem, dims, h, plan[2], plan[3], s_hbm, p_hbm, lse, info, compute):
             return True
-        if upto >= 3 and _pass_matmul(mem, h, 2, memory.T_P, p_hbm, memory.T_V, v, memory.T_O, o,
-                                      1.0, plan[4], plan[5], acc, info, False):
+        if upto >= 3 and _pass_matmul(mem, dims, h, 2, memory.T_P, p_hbm, memory.T_V, v, memory.T_O, o,
+                                      1.0, plan[4], plan[5], acc, info, False, dims[4], compute):
             return True
     return False
 
 
 @numba.njit(cache=True)
-def _backward(mem, q, k, v, o, do, scale, plan, p_hbm, dp_hbm, ds_hbm, d_hbm, dq, dk, dv, acc, info):
-    for h in range(q.shape[0]):
+def _backward(mem, dims, q, k, v, o, do, scale, plan, p_hbm, dp_hbm, ds_hbm, d_hbm, dq, dk, dv, acc, info,
+              compute):
+    d, dv_ = dims[3], dims[4]
+    for h in range(dims[0]):
         memory.set_head(mem, h)
-        if _pass_matmul(mem, h, 0, memory.T_P, p_hbm, memory.T_DO, do, memory.T_DV, dv, 1.0,
-                        plan[0], plan[1], acc, info, True):
+        if _pass_matmul(mem, dims, h, 0, memory.T_P, p_hbm, memory.T_DO, do, memory.T_DV, dv, 1.0,
+                        plan[0], plan[1], acc, info, True, dv_, compute):
             return True
-        if _pass_dp(mem, h, do, o, v, plan[2], plan[3], dp_hbm, d_hbm, info):
+        if _pass_dp(mem, dims, h, do, o, v, plan[2], plan[3], dp_hbm, d_hbm, info, compute):
             return True
-        if _pass_ds(mem, h, plan[4], plan[5], p_hbm, dp_hbm, d_hbm, ds_hbm, info):
+        if _pass_ds(mem, dims, h, plan[4], plan[5], p_hbm, dp_hbm, d_hbm, ds_hbm, info, compute):
             return True
-        if _pass_matmul(mem, h, 3, memory.T_DS, ds_hbm, memory.T_K, k, memory.T_DQ, dq, scale,
-                        plan[6], plan[7], acc, info, False):
+        if _pass_matmul(mem, dims, h, 3, memory.T_DS, ds_hbm, memory.T_K, k, memory.T_DQ, dq, scale,
+                        plan[6], plan[7], acc, info, False, d, compute):
             return True
-        if _pass_matmul(mem, h, 4, memory.T_DS, ds_hbm, memory.T_Q, q, memory.T_DK, dk, scale,
-                        plan[8], plan[9], acc, info, True):
+        if _pass_matmul(mem, dims, h, 4, memory.T_DS, ds_hbm, memory.T_Q, q, memory.T_DK, dk, scale,
+                        plan[8], plan[9], acc, info, True, d, compute):
             return True
     return False
 
@@ -437,17 +450,21 @@ def _plan(kernel, passes, steps, nq, nk, d, dv, M, has_mask, heads, causal, step
 
 
 def _run_p(p, passes, sram, stop_after=None, trace=False, upto=3):
-    """Run the forward passes on prepared inputs; returns (mem, arrays, info)."""
+    """Run the forward passes on prepared inputs; returns (mem, arrays, info).
+
+    A count-only ``p`` (docs/contract.md) gets (1, 1, .) placeholders for S, P, O and L."""
     dt = p.q.dtype
-    s_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
-    p_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
-    o = np.zeros((p.batch, p.nq, p.dv), dt)
-    lse = np.full((p.batch, p.nq), -np.inf, dt)
+    compute = not p.count_only
+    hb, hq, hk = (p.batch, p.nq, p.nk) if compute else (1, 1, 1)
+    s_hbm = np.zeros((hb, hq, hk), dt)
+    p_hbm = np.zeros((hb, hq, hk), dt)
+    o = np.zeros((hb, hq, p.dv), dt)
+    lse = np.full((hb, hq), -np.inf, dt)
     acc = np.zeros((passes["F3"][0], p.dv))  # float64 accumulator
     info = np.zeros(6, np.int64)
     packed = np.array(passes["F1"] + passes["F2"] + passes["F3"], np.int64)
-    args = (*(readonly(x) for x in (p.q, p.k, p.v, p.mask)), p.has_mask, dt.type(p.scale), p.causal is not None,
-            p.offset, packed, s_hbm, p_hbm, o, lse, acc, info, upto)
+    args = (p.dims, *(readonly(x) for x in (p.q, p.k, p.v, p.mask)), p.has_mask, dt.type(p.scale),
+            p.causal is not None, p.offset, packed, s_hbm, p_hbm, o, lse, acc, info, upto, compute)
 
     def call(mem):
         _forward(mem, *args)
@@ -463,7 +480,7 @@ def _forward_steps(p, passes):
 
 
 def standard_forward(q, k, v, *, sram, causal=False, scale=None, mask=None, trace=False,
-                     stop_after=None) -> KernelResult:
+                     stop_after=None, count_only=False) -> KernelResult:
     """Standard (three-pass) attention on the simulated hierarchy.
 
     Returns a :class:`~refattn.kernels.contract.KernelResult` with ``o``
@@ -473,8 +490,11 @@ def standard_forward(q, k, v, *, sram, causal=False, scale=None, mask=None, trac
     ``mask``: boolean, True = keep; ``sram``: Sram, int M or a chip name.
     ``plan.details["passes"]`` holds (R, C) of each pass. See the module
     docstring for the tiling, steps and the traffic closed form.
+    ``count_only=True``: the same passes with the arithmetic skipped (same counts and
+    trace, ``outputs`` empty, no N x N or N x d array allocated; docs/contract.md).
+    A run that would allocate gigabytes warns first (:class:`~refattn.kernels.common.CostWarning`).
     """
-    p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where="standard_forward")
+    p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where="standard_forward", count_only=count_only)
     sram = memory.as_sram(sram)
     passes = plan_forward(p.nq, p.nk, p.d, p.dv, sram.capacity, p.has_mask)
     softmax = "whole rows" if passes["F2"][1] == p.nk else "two sweeps per row"
@@ -482,20 +502,23 @@ def standard_forward(q, k, v, *, sram, causal=False, scale=None, mask=None, trac
                  p.has_mask, p.batch, p.causal, "one tile of a pass (F1, F3: R x C; F2: a row block, or a chunk "
                  "of one row per sweep); passes in order, heads in turn", {"softmax": softmax})
     plan.check_stop_after(stop_after)
+    warn_if_costly("standard_forward", plan, p, count_only=count_only, alloc_elements=2 * p.batch * p.nq * p.nk)
     traced = bool(trace) or stop_after is not None  # a stopped run always comes with its trace
     mem, (s_hbm, p_hbm, o, lse, acc), info = _run_p(p, passes, sram, stop_after, traced)
 
     def state_fn(mem_, trace_):
+        if count_only:
+            return step_state(mem_, sram, trace_, info, FORWARD_PASSES, {})
         return step_state(mem_, sram, trace_, info, FORWARD_PASSES,
                           {"accumulator": acc.copy(),
                            "hbm": {"S": s_hbm.copy(), "P": p_hbm.copy(), "O": o.copy(), "L": lse.copy()}})
 
-    return finish(mem, sram, {"o": p.restore(o), "lse": p.restore(lse)}, plan=plan, slot_names=SLOT_NAMES,
-                  state_fn=state_fn)
+    outputs = {} if count_only else {"o": p.restore(o), "lse": p.restore(lse)}
+    return finish(mem, sram, outputs, plan=plan, slot_names=SLOT_NAMES, state_fn=state_fn)
 
 
 def standard_backward(q, k, v, o, do, *, sram, causal=False, scale=None, mask=None, trace=False,
-                      stop_after=None) -> KernelResult:
+                      stop_after=None, count_only=False) -> KernelResult:
     """Gradients (dq, dk, dv) of standard attention, passes B1-B5 on the simulated hierarchy.
 
     ``o`` is the forward output and ``do`` the upstream gradient, both shaped
@@ -503,15 +526,19 @@ def standard_backward(q, k, v, o, do, *, sram, causal=False, scale=None, mask=No
     the one the forward with the same M stores (rebuilt off the counters; see
     the module docstring). The plan must fit M for both the forward (which
     produced P) and the backward. Gradients have the shapes of q, k, v (summed
-    over broadcast leading dims).
+    over broadcast leading dims). ``count_only=True``: the same passes with the
+    arithmetic skipped (same counts and trace, ``outputs`` empty; docs/contract.md).
     """
     where = "standard_backward"
-    p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where=where)
+    p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where=where, count_only=count_only)
+    compute = not count_only
     dt = p.q.dtype
     oshape = p.lead + (p.nq, p.dv)
     o_f = grad_input("o", o, oshape, dt, where)
     do_f = grad_input("do", do, oshape, dt, where)
-    check_product_range(where, "dP = dO V^T", "do", do_f, "v", p.v, 1.0, dt)
+    check_product_range(where, "dP = dO V^T", "do", do_f, "v", p.v if compute else np.asarray(v), 1.0, dt)
+    if not compute:  # placeholders of the same types: the passes only count
+        o_f, do_f = np.zeros((1, 1, p.dv), dt), np.zeros((1, 1, p.dv), dt)
     sram = memory.as_sram(sram)
     fpasses = plan_forward(p.nq, p.nk, p.d, p.dv, sram.capacity, p.has_mask)
     passes = plan_backward(p.nq, p.nk, p.d, p.dv, sram.capacity)
@@ -522,30 +549,37 @@ def standard_backward(q, k, v, o, do, *, sram, causal=False, scale=None, mask=No
                  p.causal, "one R x C tile of a pass (B1..B5); passes in order, heads in turn",
                  {"forward passes": dict(fpasses)})
     plan.check_stop_after(stop_after)
-    # P as the forward stored it: passes F1-F2 of the same code on scratch counters (not counted).
-    _, (_, p_hbm, _, _, _), _ = _run_p(p, fpasses, sram, upto=2)
+    warn_if_costly(where, plan, p, count_only=count_only, alloc_elements=4 * p.batch * p.nq * p.nk,
+                   flops=2 * p.batch * p.nq * p.nk * (3 * p.d + 2 * p.dv))
+    hb, hq, hk = (p.batch, p.nq, p.nk) if compute else (1, 1, 1)  # count-only: placeholders
+    if compute:  # P as the forward stored it: passes F1-F2 of the same code on scratch counters (not counted).
+        _, (_, p_hbm, _, _, _), _ = _run_p(p, fpasses, sram, upto=2)
+    else:
+        p_hbm = np.zeros((1, 1, 1), dt)
 
-    dp_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
-    ds_hbm = np.zeros((p.batch, p.nq, p.nk), dt)
-    d_hbm = np.zeros((p.batch, p.nq), dt)
-    dq = np.zeros((p.batch, p.nq, p.d), dt)
-    dk = np.zeros((p.batch, p.nk, p.d), dt)
-    dv = np.zeros((p.batch, p.nk, p.dv), dt)
+    dp_hbm = np.zeros((hb, hq, hk), dt)
+    ds_hbm = np.zeros((hb, hq, hk), dt)
+    d_hbm = np.zeros((hb, hq), dt)
+    dq = np.zeros((hb, hq, p.d), dt)
+    dk = np.zeros((hb, hk, p.d), dt)
+    dv = np.zeros((hb, hk, p.dv), dt)
     acc = np.zeros((max(r for r, _ in passes.values()), max(p.d, p.dv)))  # float64 accumulator
     info = np.zeros(6, np.int64)
     packed = np.array(sum((passes[x] for x in ("B1", "B2", "B3", "B4", "B5")), ()), np.int64)
-    args = (*(readonly(x) for x in (p.q, p.k, p.v, o_f, do_f)), dt.type(p.scale), packed, p_hbm, dp_hbm, ds_hbm,
-            d_hbm, dq, dk, dv, acc, info)
+    args = (p.dims, *(readonly(x) for x in (p.q, p.k, p.v, o_f, do_f)), dt.type(p.scale), packed, p_hbm, dp_hbm,
+            ds_hbm, d_hbm, dq, dk, dv, acc, info, compute)
 
     def call(mem):
         _backward(mem, *args)
 
     def state_fn(mem_, trace_):
+        if not compute:
+            return step_state(mem_, sram, trace_, info, BACKWARD_PASSES, {})
         hbm = {"P": p_hbm, "dP": dp_hbm, "D": d_hbm, "dS": ds_hbm, "dQ": dq, "dK": dk, "dV": dv}
         return step_state(mem_, sram, trace_, info, BACKWARD_PASSES,
                           {"accumulator": acc.copy(), "hbm": {n: x.copy() for n, x in hbm.items()}})
 
     traced = bool(trace) or stop_after is not None
     mem = run_with_trace(call, sram, trace=traced, trace_estimate=6 * steps + 16, stop_after=stop_after)
-    outputs = grad_outputs(p, (np.shape(q), np.shape(k), np.shape(v)), dq=dq, dk=dk, dv=dv)
+    outputs = grad_outputs(p, (np.shape(q), np.shape(k), np.shape(v)), dq=dq, dk=dk, dv=dv) if compute else {}
     return finish(mem, sram, outputs, plan=plan, slot_names=SLOT_NAMES, state_fn=state_fn)

@@ -84,8 +84,9 @@ def band(nq, nk, causal, window):
 
 def prepare_variants(q, k, v, *, scale=None, causal=False, mask=None, num_kv_heads=None, window=None,
                      softcap=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                     where="kernel") -> tuple[Prepared, KernelVariants]:
-    """Check and flatten the inputs and the variants of a flash kernel call."""
+                     where="kernel", count_only=False) -> tuple[Prepared, KernelVariants]:
+    """Check and flatten the inputs and the variants of a flash kernel call (``count_only``: as in
+    :func:`refattn.kernels.common.prepare`, the loops then get placeholders)."""
     var = check_variants(q, k, v, num_kv_heads=num_kv_heads, window=window, softcap=softcap,
                          alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                          where=where)
@@ -97,16 +98,16 @@ def prepare_variants(q, k, v, *, scale=None, causal=False, mask=None, num_kv_hea
         hq = np.shape(q)[-3]
         group = hq // var.num_kv_heads
         p = prepare(q, expand_kv(np.asarray(k), hq), expand_kv(np.asarray(v), hq), scale=scale, causal=causal,
-                    mask=mask, where=where)
+                    mask=mask, where=where, count_only=count_only)
         kv_lead = p.lead[:-1] + (var.num_kv_heads,)
 
         def flat(x, like):
             x = np.broadcast_to(np.asarray(x), kv_lead + np.shape(x)[-2:])
             return np.ascontiguousarray(x.reshape((-1,) + x.shape[-2:]), dtype=like.dtype)
 
-        kf, vf = flat(k, p.k), flat(v, p.v)
+        kf, vf = (p.k, p.v) if count_only else (flat(k, p.k), flat(v, p.v))
     else:
-        p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where=where)
+        p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where=where, count_only=count_only)
         kv_lead, kf, vf = p.lead, p.k, p.v
     bcode, off, lo = band(p.nq, p.nk, p.causal, var.window)
     dt = p.q.dtype

@@ -4,7 +4,9 @@
 mask)`` written for framework tensors into the NumPy signature the kit calls:
 inputs are converted on the way in (NumPy -> tensor, in the dtype under test:
 bfloat16 problems, which NumPy carries as float32, become real bfloat16
-tensors), outputs on the way out (tensor -> float64 NumPy, ``lse`` too). The
+tensors), outputs on the way out (tensor -> NumPy of the same dtype, ``lse``
+too; bfloat16 comes back as float32, exactly), so the kit's output-dtype check
+sees what the framework function returned. The
 wrapper has a ``.backward(q, k, v, do, ...)`` that differentiates ``fn`` with
 the framework's autograd, so gradient checks need nothing more.
 
@@ -65,7 +67,9 @@ class _Torch(_Adapter):
     def _back(t):
         if t is None:
             return None
-        return t.detach().to(dtype=_need("torch").float64).cpu().numpy()
+        torch = _need("torch")
+        t = t.detach().cpu()
+        return (t.to(torch.float32) if t.dtype == torch.bfloat16 else t).numpy()
 
     def _call(self, q, k, v, causal, scale, mask, grad):
         torch = _need("torch")
@@ -85,7 +89,7 @@ class _Torch(_Adapter):
         return self._back(out)
 
     def backward(self, q, k, v, do, *, causal=False, scale=None, mask=None):
-        """Gradients of ``sum(o * do)`` by torch autograd, as float64 NumPy ``(dq, dk, dv)``."""
+        """Gradients of ``sum(o * do)`` by torch autograd, as NumPy ``(dq, dk, dv)``."""
         (tq, tk, tv), out = self._call(q, k, v, causal, scale, mask, grad=True)
         o = out[0] if isinstance(out, (tuple, list)) else out
         tdo = self._to(do, self._dtype_name(q)).to(o.dtype)
@@ -103,7 +107,10 @@ class _Jax(_Adapter):
 
     @staticmethod
     def _back(x):
-        return None if x is None else np.asarray(x, dtype=np.float64)
+        if x is None:
+            return None
+        x = np.asarray(x.astype("float32") if str(x.dtype) == "bfloat16" else x)
+        return x
 
     def __call__(self, q, k, v, *, causal=False, scale=None, mask=None):
         jq, jk, jv, jm, _ = self._prep(q, k, v, mask)
@@ -113,7 +120,7 @@ class _Jax(_Adapter):
         return self._back(out)
 
     def backward(self, q, k, v, do, *, causal=False, scale=None, mask=None):
-        """Gradients of ``sum(o * do)`` by ``jax.vjp``, as float64 NumPy ``(dq, dk, dv)``."""
+        """Gradients of ``sum(o * do)`` by ``jax.vjp``, as NumPy ``(dq, dk, dv)``."""
         jax = _need("jax")
         jq, jk, jv, jm, name = self._prep(q, k, v, mask)
 

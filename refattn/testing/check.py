@@ -5,20 +5,33 @@ The property, for every drawn :class:`~refattn.testing.strategies.Problem`::
     fn(q, k, v, causal=..., scale=..., mask=...)  ==  refattn.reference.attention(...)
 
 within :mod:`refattn.testing.tolerance`'s dtype rule, for ``o`` (and ``lse``
-when the kernel claims one), and for ``dq, dk, dv`` when it claims a backward.
-On failure hypothesis shrinks the problem; the kit replays the minimal one and
-reports it with the error and where it lies (output, batch index, row, column,
-the mask of that row). When the mismatch is a *known convention difference*
-(causal alignment, fully masked rows, lse units, scale or mask ignored or
-inverted), the report names it and says which capability declares it.
+when the kernel returns one), and for ``dq, dk, dv`` when it has a backward.
+Each call is also checked the way a careful author would (docs/testing.md):
+
+1. the kernel gets its own copies of ``q, k, v`` (and the mask); after the
+   call they must be bitwise unchanged, and the reference is computed from
+   the kit's copies, taken before the call;
+2. the output's shape and dtype (float32 in, float32 out, unless
+   ``capabilities.output_dtype`` says otherwise);
+3. no NaN or Inf anywhere in ``o`` (``lse`` may be -inf only on fully masked
+   rows), reported with its location;
+4. the values, per element, within the dtype rule;
+5. a second call on fresh copies gives bitwise-equal outputs
+   (``capabilities.deterministic`` waives it).
+
+On failure hypothesis shrinks the problem; :mod:`refattn.testing.diagnose`
+then names a convention difference only when the kernel matches that other
+convention on the minimal example and on fresh probes. Every judged problem
+is also scored by the FlashAttention, FlexAttention and PyTorch SDPA test
+rules (:mod:`refattn.testing.protocols`); the report prints the four
+verdicts and a semantics sheet of what the run established.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import traceback
-from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
@@ -27,57 +40,13 @@ from hypothesis.errors import Flaky
 
 from refattn import reference
 from refattn.testing import tolerance as tolmod
-from refattn.testing.strategies import Capabilities, Problem, current_dtype, problems
+from refattn.testing.diagnose import diagnose
+from refattn.testing.protocols import judge
+from refattn.testing.report import ConformanceReport, Failure
+from refattn.testing.strategies import Capabilities, Problem, current_dtype, numpy_dtype, problems
 
-DEFAULT_MAX_EXAMPLES = 60
+DEFAULT_MAX_EXAMPLES = 100
 GRADIENTS = ("dq", "dk", "dv")
-
-
-@dataclass
-class Failure:
-    """What went wrong on one problem."""
-
-    problem: Problem
-    kind: str  # "crash", "shape", "mismatch" or "convention"
-    output: str = ""  # "o", "lse", "dq", "dk", "dv"
-    message: str = ""
-    convention: str | None = None  # the named convention difference, if any
-    index: tuple | None = None  # index of the worst element in the output
-    got: float | None = None
-    want: float | None = None
-    error: float | None = None
-    allowed: float | None = None
-    rule: str = ""
-
-
-@dataclass
-class ConformanceReport:
-    """The outcome of :func:`check_attention`; ``str(report)`` is the readable text."""
-
-    name: str
-    capabilities: Capabilities
-    examples: int = 0
-    coverage: Counter = field(default_factory=Counter)
-    failure: Failure | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.failure is None
-
-    def text(self) -> str:
-        if self.passed:
-            kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.coverage.items()))
-            return f"PASS {self.name}: {self.examples} examples agree with the float64 reference ({kinds})"
-        f = self.failure
-        lines = [f"FAIL {self.name}: {f.kind}" + (f" ({f.convention})" if f.convention else "")]
-        lines.append(f"  minimal example: {f.problem.describe()}")
-        lines += ["  " + line for line in f.message.splitlines()]
-        if f.rule:
-            lines.append(f"  tolerance: {f.rule}")
-        lines += ["  " + line for line in _arrays_text(f.problem).splitlines()]
-        return "\n".join(lines)
-
-    __str__ = text
 
 
 class ConformanceError(AssertionError):
@@ -92,33 +61,58 @@ class _Failed(Exception):
     pass
 
 
-def _arrays_text(p: Problem, limit=48) -> str:
-    """The minimal example's arrays, when they are small enough to read."""
-    parts = []
-    for name in ("q", "k", "v"):
-        x = getattr(p, name)
-        if x.size > limit:
-            return "(arrays too large to print; rebuild them with the seed above via refattn.testing.problems)"
-        parts.append(f"{name} = {np.array2string(x, precision=4, separator=', ')}")
-    if p.mask is not None and p.mask.size <= 4 * limit:
-        parts.append(f"mask = {np.array2string(p.mask.astype(int), separator=', ')}")
-    return "\n".join(parts)
+class _Unpack(Exception):
+    pass
 
 
-# ---------------------------------------------------------------- running one problem
-def _call_kwargs(p: Problem, cap: Capabilities):
-    mask = p.index_set if (p.index_set is not None and cap.index_set_objects) else p.mask
+# ---------------------------------------------------------------- calling the kernel
+def call_kwargs(p: Problem, cap: Capabilities):
+    """The keyword arguments the kernel receives (the mask as a fresh copy, or the IndexSet object)."""
+    if p.index_set is not None and cap.index_set_objects:
+        mask = p.index_set
+    else:
+        mask = None if p.mask is None else p.mask.copy()
     return dict(causal=p.causal or False, scale=p.scale, mask=mask)
 
 
-def _reference(p: Problem, causal="same", scale="same", mask="same"):
-    causal = p.causal if causal == "same" else causal
-    scale = p.scale if scale == "same" else scale
-    mask = p.mask if isinstance(mask, str) and mask == "same" else mask
-    return reference.attention(p.q, p.k, p.v, scale=scale, causal=causal or False, mask=mask)
+def call(fn, p: Problem, cap: Capabilities):
+    """Run ``fn`` on fresh copies of the problem's arrays: ``(output, (q, k, v, mask) as passed)``."""
+    qkv = tuple(x.copy() for x in (p.q, p.k, p.v))
+    kwargs = call_kwargs(p, cap)
+    token = current_dtype.set(p.dtype)
+    try:
+        out = fn(*qkv, **kwargs)
+    finally:
+        current_dtype.reset(token)
+    return out, qkv + (kwargs["mask"],)
 
 
-def _bad_elements(got, want, bounds, skip_rows=None):
+def unpack(out, lse_mode):
+    """``(o, lse)`` from what the function returned; ``lse_mode`` True, False or None (detect)."""
+    pair = isinstance(out, (tuple, list)) and len(out) >= 2
+    if lse_mode is True and not pair:
+        raise _Unpack("the function returned one value, but capabilities.lse=True expects (o, lse)")
+    if isinstance(out, (tuple, list)):
+        if not out:
+            raise _Unpack("the function returned an empty tuple")
+        return out[0], (out[1] if pair and lse_mode is not False else None)
+    return out, None
+
+
+def _traceback(exc):
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)).rstrip()
+
+
+def _reference(p: Problem):
+    return reference.attention(p.q, p.k, p.v, scale=p.scale, causal=p.causal or False, mask=p.mask)
+
+
+def effective_scale(p: Problem) -> float:
+    return 1.0 / math.sqrt(p.d) if p.scale is None else p.scale
+
+
+# ---------------------------------------------------------------- element comparison
+def bad_elements(got, want, bounds, skip_rows=None):
     """Boolean array of elements out of tolerance (NaN counts as bad; equal infinities agree)."""
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(got - want)
@@ -129,7 +123,13 @@ def _bad_elements(got, want, bounds, skip_rows=None):
     return bad, err
 
 
-def _where(p: Problem, output: str, index: tuple) -> str:
+def matches(got, want, bounds, skip_rows=None) -> bool:
+    got = np.asarray(got, np.float64)
+    return got.shape == want.shape and not bad_elements(got, want, bounds, skip_rows)[0].any()
+
+
+def where(p: Problem, output: str, index: tuple) -> str:
+    """The location of an element in words: batch/head, row, column, and that row's mask."""
     lead, rest = index[:len(p.lead)], index[len(p.lead):]
     at = f"batch/head {lead}, " if lead else ""
     if output in ("o", "lse", "dq"):
@@ -144,15 +144,10 @@ def _where(p: Problem, output: str, index: tuple) -> str:
     return f"{at}key row {row}, column {rest[1]} (mask: {p.mask_description()})"
 
 
-def _compare(p, output, got, want, bounds, skip_rows=None):
-    """None if ``got`` matches ``want``; else a Failure (kind mismatch or shape)."""
-    got = np.asarray(got)
-    if got.shape != want.shape:
-        return Failure(p, "shape", output, f"{output} has shape {got.shape}, expected {want.shape}")
-    if not np.issubdtype(got.dtype, np.floating):
-        return Failure(p, "shape", output, f"{output} has dtype {got.dtype}, expected a floating-point array")
-    got = got.astype(np.float64)
-    bad, err = _bad_elements(got, want, bounds, skip_rows)
+def compare(p, output, got, want, bounds, skip_rows=None) -> Failure | None:
+    """None if ``got`` matches ``want``; else a Failure (kind ``mismatch``, or ``nonfinite`` for NaN/Inf)."""
+    got = np.asarray(got, np.float64)
+    bad, err = bad_elements(got, want, bounds, skip_rows)
     if not bad.any():
         return None
     score = np.where(bad, np.nan_to_num(err, nan=np.inf, posinf=np.inf), -1.0)
@@ -160,147 +155,179 @@ def _compare(p, output, got, want, bounds, skip_rows=None):
     row_axis = len(p.lead)
     bad_rows = np.unique(np.argwhere(bad)[:, row_axis]) if bad.ndim > row_axis else np.array([])
     rows = ", ".join(map(str, bad_rows[:12])) + (", ..." if bad_rows.size > 12 else "")
-    message = (f"{output} differs from the float64 reference at {_where(p, output, idx)}: "
-               f"got {float(got[idx]):.7g}, want {float(want[idx]):.7g}, |error| {float(err[idx]):.3g} > allowed "
-               f"{bounds.allowed(want[idx] if np.isfinite(want[idx]) else 0.0):.3g}\n"
-               f"{int(bad.sum())} of {bad.size} elements of {output} out of tolerance; "
-               f"{'rows' if output != 'dk' and output != 'dv' else 'key rows'} {rows}")
-    return Failure(p, "mismatch", output, message, index=idx, got=float(got[idx]), want=float(want[idx]),
+    nonfinite = bad & ~np.isfinite(got)
+    kind = "nonfinite" if nonfinite.any() else "mismatch"
+    if kind == "nonfinite":
+        idx = tuple(int(i) for i in np.argwhere(nonfinite)[0])
+        head = (f"{output} holds {int(nonfinite.sum())} non-finite values (NaN or Inf) where the reference is "
+                f"finite or different; the first at {where(p, output, idx)}: got {float(got[idx])}, "
+                f"want {float(want[idx]):.7g}")
+    else:
+        head = (f"{output} differs from the float64 reference at {where(p, output, idx)}: "
+                f"got {float(got[idx]):.7g}, want {float(want[idx]):.7g}, |error| {float(err[idx]):.3g} > allowed "
+                f"{bounds.allowed(want[idx] if np.isfinite(want[idx]) else 0.0):.3g}")
+    message = (f"{head}\n{int(bad.sum())} of {bad.size} elements of {output} out of tolerance; "
+               f"{'key rows' if output in ('dk', 'dv') else 'rows'} {rows}")
+    return Failure(p, kind, output, message, index=idx, got=float(got[idx]), want=float(want[idx]),
                    error=float(err[idx]), allowed=float(bounds.atol), rule=bounds.rule)
 
 
-def _unpack(out, cap: Capabilities):
-    if cap.lse:
-        if not (isinstance(out, (tuple, list)) and len(out) >= 2):
-            raise _Unpack("the function returned one value, but capabilities.lse=True expects (o, lse)")
-        return out[0], out[1]
-    if isinstance(out, (tuple, list)):
-        return out[0], None
-    return out, None
-
-
-class _Unpack(Exception):
-    pass
-
-
-def _matches(got, want, bounds, skip_rows=None):
+def _ratio(got, want, bounds, skip_rows) -> float:
+    """max over elements of |error| / allowed (the refattn rule's verdict score)."""
     got = np.asarray(got, np.float64)
-    return got.shape == want.shape and not _bad_elements(got, want, bounds, skip_rows)[0].any()
+    _, err = bad_elements(got, want, bounds, skip_rows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = err / bounds.allowed(np.where(np.isfinite(want), want, 0.0))
+    if skip_rows is not None:
+        r = np.where(np.broadcast_to(skip_rows[..., None], r.shape), 0.0, r)
+    return float(np.nanmax(np.where(np.isnan(r), np.inf, r))) if r.size else 0.0
 
 
-def _diagnose(p: Problem, cap: Capabilities, failure: Failure, o, lse, bounds_o, bounds_lse) -> Failure:
-    """Name a known convention difference behind a mismatch, when there is one."""
-    if failure.kind != "mismatch":
-        return failure
-    empty = p.fully_masked_rows()
-    o = np.asarray(o, np.float64)
-    o_ref, lse_ref = _reference(p)
-    # 1. Only the fully masked rows are wrong.
-    if empty.any() and _matches(o, o_ref, bounds_o, skip_rows=empty) and (
-            lse is None or _matches(lse, lse_ref, bounds_lse, skip_rows=empty)):
-        sel = o[np.broadcast_to(empty[..., None], o.shape)]
-        what = "NaN" if np.isnan(sel).any() else ("nonzero values" if np.any(sel != 0) else None)
-        if what is None and lse is not None:
-            lse_sel = np.asarray(lse, np.float64)[empty]
-            what = f"lse {float(lse_sel[0]):.7g} instead of -inf" if lse_sel.size else None
-        failure.convention = "fully masked rows"
-        failure.message = (f"convention difference, fully masked rows: for rows with no visible key the kernel "
-                           f"returns {what or 'something else'}; refattn's convention is o = 0 and lse = -inf "
-                           f"(never NaN). Every other row agrees with the reference. If the kernel means this, "
-                           f"declare fully_masked_rows='nan' (or 'unsupported') in its capabilities.\n"
-                           + failure.message)
-        return failure
-    # 2. Causal alignment swapped.
-    if p.causal and p.nq != p.nk:
-        other = "top_left" if p.causal == "bottom_right" else "bottom_right"
-        o_other, _ = _reference(p, causal=other)
-        if _matches(o, o_other, bounds_o, skip_rows=None if cap.fully_masked_rows != "nan" else empty):
-            rule = {"bottom_right": "j <= i + Nk - Nq, FlashAttention >= 2.1",
-                    "top_left": "j <= i, PyTorch is_causal"}
-            failure.convention = "causal alignment"
-            failure.message = (f"convention difference, causal alignment: the kernel aligns the causal mask "
-                               f"{other} ({rule[other]}) but {p.causal} ({rule[p.causal]}) was asked, with "
-                               f"Nq = {p.nq} != Nk = {p.nk}. If the kernel means this, declare "
-                               f"causal=('{other}',) in its capabilities.\n" + failure.message)
-            return failure
-    # 3. lse in base-2 units.
-    if lse is not None and failure.output == "lse" and _matches(o, o_ref, bounds_o):
-        lse2 = np.asarray(lse, np.float64) * math.log(2.0)
-        if _matches(lse2, lse_ref, bounds_lse):
-            failure.convention = "lse units"
-            failure.message = ("convention difference, lse units: the kernel's lse is in base-2 logarithms "
-                               "(log2-sum-exp2); refattn's lse is in natural-log units. Multiply by ln 2.\n"
-                               + failure.message)
-            return failure
-    # 4. Scale argument ignored; mask ignored or inverted.
-    checks = []
-    if p.scale is not None:
-        checks.append(("scale ignored", dict(scale=None),
-                       f"the kernel ignores scale={p.scale:g} and uses 1/sqrt(d); declare scale=False "
-                       f"if it cannot take one"))
-    if p.mask is not None:
-        checks.append(("mask ignored", dict(mask=None), "the kernel ignores the boolean mask"))
-        inverted = ~np.asarray(p.mask, bool)
-        checks.append(("mask inverted", dict(mask=inverted),
-                       "the kernel reads the mask as True = masked out; refattn's mask is True = keep"))
-    for name, change, text in checks:
-        want, _ = _reference(p, **change)
-        if _matches(o, want, bounds_o):
-            failure.convention = name
-            failure.message = f"{name}: {text}.\n" + failure.message
-            return failure
-    return failure
+# ---------------------------------------------------------------- the checks of one problem
+def _check_form(p, cap, o, lse) -> Failure | None:
+    """Shape and dtype of ``o`` (and ``lse``)."""
+    expected = numpy_dtype(p.dtype) if cap.output_dtype == "same" else (
+        None if cap.output_dtype == "any" else numpy_dtype(cap.output_dtype))
+    for name, x, shape in (("o", o, p.lead + (p.nq, p.dv)), ("lse", lse, p.lead + (p.nq,))):
+        if x is None:
+            continue
+        if not isinstance(x, np.ndarray):
+            return Failure(p, "shape", name, f"{name} is a {type(x).__name__}, not a NumPy array "
+                                             f"(wrap framework functions with from_torch / from_jax)")
+        if x.shape != shape:
+            return Failure(p, "shape", name, f"{name} has shape {x.shape}, expected {shape}")
+        if not np.issubdtype(x.dtype, np.floating):
+            return Failure(p, "dtype", name, f"{name} has dtype {x.dtype}, expected a floating-point array")
+        if name == "o" and expected is not None and x.dtype != expected:
+            return Failure(p, "dtype", name,
+                           f"o has dtype {x.dtype} for {p.dtype} inputs, expected {np.dtype(expected).name} "
+                           f"(the input's dtype{'; bfloat16 travels as float32' if p.dtype == 'bfloat16' else ''}). "
+                           f"If the kernel means this, declare output_dtype='{x.dtype}' (or 'any').")
+        if name == "lse" and x.dtype.itemsize < np.dtype(numpy_dtype(p.dtype)).itemsize:
+            return Failure(p, "dtype", name, f"lse has dtype {x.dtype}, narrower than the {p.dtype} inputs")
+    return None
 
 
-def _run_one(fn, backward, p: Problem, cap: Capabilities, tolerance) -> Failure | None:
-    kwargs = _call_kwargs(p, cap)
-    scale = _effective_scale(p)
-    token = current_dtype.set(p.dtype)
-    try:
+def _check_inputs(p, passed) -> Failure | None:
+    """The arrays the kernel received must be bitwise what the kit gave it."""
+    for name, got, want in zip(("q", "k", "v", "mask"), passed, (p.q, p.k, p.v, p.mask)):
+        if want is None or not isinstance(got, np.ndarray):
+            continue
+        same = got.shape == want.shape and np.array_equal(got, want, equal_nan=got.dtype.kind == "f")
+        if not same:
+            changed = np.argwhere(got != want) if got.shape == want.shape else np.zeros((0, want.ndim), int)
+            at = (f"; {len(changed)} elements changed, the first at {tuple(int(i) for i in changed[0])}: "
+                  f"{want[tuple(changed[0])]!r} became {got[tuple(changed[0])]!r}") if len(changed) else ""
+            return Failure(p, "mutation", name, f"the kernel modified its input {name} in place{at}. The caller's "
+                                                f"arrays must stay unchanged (work on a copy).")
+    return None
+
+
+def _check_repeat(p, cap, fn, o, lse) -> Failure | None:
+    out, _ = call(fn, p, cap)
+    o2, lse2 = unpack(out, cap.lse if cap.lse is not None else (lse is not None))
+    for name, a, b in (("o", o, o2), ("lse", lse, lse2)):
+        if a is None:
+            continue
+        b = np.asarray(b)
+        if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
+            diff = np.argwhere(~((a == b) | (np.isnan(a) & np.isnan(b)))) if a.shape == b.shape else None
+            at = f" first at {where(p, name, tuple(int(i) for i in diff[0]))}: {a[tuple(diff[0])]!r} then " \
+                 f"{b[tuple(diff[0])]!r}" if diff is not None and len(diff) else ""
+            return Failure(p, "nondeterministic", name,
+                           f"two calls on the same inputs gave different {name}:{at}. If the kernel is "
+                           f"nondeterministic by design, declare deterministic=False.")
+    return None
+
+
+class Run:
+    """One :func:`check_attention` run: the kernel, its capabilities and what the run has learned."""
+
+    def __init__(self, fn, backward, cap: Capabilities, tolerance, report: ConformanceReport):
+        self.fn, self.backward, self.cap, self.tolerance, self.report = fn, backward, cap, tolerance, report
+        self.lse_mode = cap.lse  # None until the first call shows what fn returns
+
+    def check(self, p: Problem) -> Failure | None:
+        cap, sem = self.cap, self.report.semantics
         try:
-            out = fn(p.q, p.k, p.v, **kwargs)
-            o, lse = _unpack(out, cap)
-        except _Unpack as exc:
-            return Failure(p, "shape", "o", str(exc))
+            out, passed = call(self.fn, p, cap)
         except Exception as exc:  # the kernel crashed: report it, do not let it escape
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
-            return Failure(p, "crash", "", f"the function raised {type(exc).__name__}: {exc}\n{tb.rstrip()}")
+            return Failure(p, "crash", "", f"the function raised {type(exc).__name__}: {exc}\n{_traceback(exc)}")
+        failure = _check_inputs(p, passed)
+        if failure is not None:
+            return failure
+        try:
+            o, lse = unpack(out, self.lse_mode)
+        except _Unpack as exc:
+            detected = cap.lse is None and self.lse_mode
+            return Failure(p, "shape", "o", "the function returned (o, lse) on earlier calls but a single value "
+                                            "on this one" if detected else str(exc))
+        returns = "(o, lse)" if lse is not None else "o"
+        if self.lse_mode is None:
+            self.lse_mode, sem.returns = lse is not None, returns
+        elif sem.returns is None:
+            sem.returns = returns
+        failure = _check_form(p, cap, o, lse)
+        if failure is not None:
+            return failure
         o_ref, lse_ref = _reference(p)
         skip = p.fully_masked_rows() if cap.fully_masked_rows == "nan" else None
-        bounds_o = tolmod.output_bounds(tolerance, p.dtype, p.q, p.k, p.v, scale)
-        bounds_lse = tolmod.lse_bounds(tolerance, p.dtype, p.q, p.k, scale)
-        failure = _compare(p, "o", o, o_ref, bounds_o, skip)
+        scale = effective_scale(p)
+        bounds_o = tolmod.output_bounds(self.tolerance, p.dtype, p.q, p.k, p.v, scale)
+        bounds_lse = tolmod.lse_bounds(self.tolerance, p.dtype, p.q, p.k, scale)
+        self.report.verdicts.add(judge(p, o, o_ref, _ratio(o, o_ref, bounds_o, skip), skip), p)
+        failure = compare(p, "o", o, o_ref, bounds_o, skip)
         if failure is None and lse is not None:
-            failure = _compare(p, "lse", lse, lse_ref, bounds_lse, skip)
+            failure = compare(p, "lse", lse, lse_ref, bounds_lse, skip)
         if failure is not None:
-            return _diagnose(p, cap, failure, o, lse, bounds_o, bounds_lse)
-        if cap.backward and backward is not None and (skip is None or not skip.any()):
-            # (a kernel with NaN rows has NaN gradients for every key: only problems without such rows)
-            return _check_backward(backward, p, kwargs, tolerance, scale, skip)
-        return None
-    finally:
-        current_dtype.reset(token)
-
-
-def _effective_scale(p: Problem) -> float:
-    return 1.0 / math.sqrt(p.q.shape[-1]) if p.scale is None else p.scale
-
-
-def _check_backward(backward, p: Problem, kwargs, tolerance, scale, skip) -> Failure | None:
-    try:
-        grads = backward(p.q, p.k, p.v, p.do, **kwargs)
-    except Exception as exc:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
-        return Failure(p, "crash", "", f"the backward raised {type(exc).__name__}: {exc}\n{tb.rstrip()}")
-    if not (isinstance(grads, (tuple, list)) and len(grads) == 3):
-        return Failure(p, "shape", "dq", "the backward must return (dq, dk, dv)")
-    refs = reference.attention_backward(p.q, p.k, p.v, p.do, scale=p.scale, causal=p.causal or False, mask=p.mask)
-    for name, got, want in zip(GRADIENTS, grads, refs):
-        bounds = tolmod.gradient_bounds(tolerance, p.dtype, name, p.q, p.k, p.v, p.do, scale)
-        failure = _compare(p, name, got, want, bounds, skip if name == "dq" else None)
-        if failure is not None:
+            failure.raw = (o, lse)  # diagnosed once, on the minimal example (diagnose runs probes)
             return failure
-    return None
+        if cap.deterministic:
+            try:
+                failure = _check_repeat(p, cap, self.fn, o, lse)
+            except Exception as exc:
+                failure = Failure(p, "crash", "", f"the second call raised {type(exc).__name__}: {exc}\n"
+                                                  f"{_traceback(exc)}")
+            if failure is not None:
+                return failure
+        grads = self.backward is not None and cap.backward is not False and (skip is None or not skip.any())
+        if grads:  # (a kernel with NaN rows has NaN gradients for every key: only problems without such rows)
+            failure = self._check_backward(p, scale)
+            if failure is not None:
+                return failure
+        o_dtype = np.asarray(o).dtype.name
+        sem.dtypes.setdefault(p.dtype, (o_dtype, None if lse is None else np.asarray(lse).dtype.name))
+        sem.unchanged_inputs += 1 + bool(cap.deterministic)
+        sem.record(p, lse is not None, cap.deterministic, grads, p.fully_masked_rows().any())
+        return None
+
+    def _check_backward(self, p: Problem, scale) -> Failure | None:
+        kwargs = call_kwargs(p, self.cap)
+        qkv = tuple(x.copy() for x in (p.q, p.k, p.v))
+        token = current_dtype.set(p.dtype)
+        try:
+            grads = self.backward(*qkv, p.do.copy(), **kwargs)
+        except Exception as exc:
+            return Failure(p, "crash", "", f"the backward raised {type(exc).__name__}: {exc}\n{_traceback(exc)}")
+        finally:
+            current_dtype.reset(token)
+        failure = _check_inputs(p, qkv + (kwargs["mask"],))
+        if failure is not None:
+            failure.message = "(in the backward) " + failure.message
+            return failure
+        if not (isinstance(grads, (tuple, list)) and len(grads) == 3):
+            return Failure(p, "shape", "dq", "the backward must return (dq, dk, dv)")
+        refs = reference.attention_backward(p.q, p.k, p.v, p.do, scale=p.scale, causal=p.causal or False,
+                                            mask=p.mask)
+        for name, got, want in zip(GRADIENTS, grads, refs):
+            got = np.asarray(got)
+            if got.shape != want.shape:
+                return Failure(p, "shape", name, f"{name} has shape {got.shape}, expected {want.shape}")
+            bounds = tolmod.gradient_bounds(self.tolerance, p.dtype, name, p.q, p.k, p.v, p.do, scale)
+            failure = compare(p, name, got, want, bounds)
+            if failure is not None:
+                return failure
+        return None
 
 
 # ---------------------------------------------------------------- the public check
@@ -309,22 +336,25 @@ def check_attention(fn, *, capabilities: Capabilities | dict | None = None, tole
                     name: str | None = None, raise_on_failure: bool = True) -> ConformanceReport:
     """Property-test ``fn(q, k, v, *, causal, scale, mask)`` against :func:`refattn.reference.attention`.
 
-    * ``fn`` returns ``o`` or ``(o, lse)`` (``capabilities.lse``). Arrays come
-      in as NumPy arrays of the dtype under test (see the adapters for torch
-      and JAX); ``causal`` is ``False``, ``"bottom_right"`` or ``"top_left"``;
-      ``mask`` is None, a boolean keep-mask broadcastable to ``(..., Nq, Nk)``,
+    * ``fn`` returns ``o`` or ``(o, lse)`` (found out from the first call;
+      ``capabilities.lse`` can require or ignore lse). Arrays come in as
+      NumPy arrays of the dtype under test (see the adapters for torch and
+      JAX); ``causal`` is ``False``, ``"bottom_right"`` or ``"top_left"``;
+      ``scale`` is None (meaning 1/sqrt(d)) or a float; ``mask`` is None, a
+      boolean keep-mask (True = attend) broadcastable to ``(..., Nq, Nk)``,
       or an :class:`~refattn.index_set.IndexSet` (``capabilities.index_set_objects``).
     * ``capabilities``: a :class:`Capabilities` (or its dict/JSON form): what
       ``fn`` claims, so it is never failed for what it never claimed.
     * ``tolerance``: see :mod:`refattn.testing.tolerance` (None: the dtype rule).
-    * ``backward``: ``backward(q, k, v, do, *, causal, scale, mask) -> (dq, dk, dv)``
-      for ``capabilities.backward``; default ``fn.backward`` if it has one (the
-      torch and JAX adapters provide it through autograd).
+    * ``backward``: ``backward(q, k, v, do, *, causal, scale, mask) -> (dq, dk, dv)``;
+      default ``fn.backward`` if it has one (the torch and JAX adapters
+      provide it through autograd). Checked unless ``capabilities.backward=False``.
     * ``seed``: fix hypothesis's random choices (default: fresh every run).
 
-    Returns the :class:`ConformanceReport`; on failure raises
-    :class:`ConformanceError` (an ``AssertionError``, so it reads well under
-    pytest) unless ``raise_on_failure=False``.
+    Returns the :class:`ConformanceReport` (verdicts and semantics sheet in
+    its text); on failure raises :class:`ConformanceError` (an
+    ``AssertionError``, so it reads well under pytest) unless
+    ``raise_on_failure=False``.
     """
     if isinstance(capabilities, (dict, str)):
         capabilities = Capabilities.from_json(capabilities)
@@ -334,9 +364,10 @@ def check_attention(fn, *, capabilities: Capabilities | dict | None = None, tole
     if cap.backward and backward is None:
         raise ValueError("capabilities.backward=True but no backward function: pass backward=... "
                          "(or use refattn.testing.from_torch / from_jax, which differentiate)")
-    if max_examples < 1:
-        raise ValueError(f"max_examples must be >= 1, got {max_examples}")
+    if not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be an integer >= 1, got {max_examples!r}")
     report = ConformanceReport(name or getattr(fn, "__qualname__", repr(fn)), cap)
+    run = Run(fn, backward, cap, tolerance, report)
     state = {"last": None}
 
     @settings(max_examples=max_examples, deadline=None, database=None, report_multiple_bugs=False,
@@ -346,13 +377,14 @@ def check_attention(fn, *, capabilities: Capabilities | dict | None = None, tole
     def conforms(problem):
         report.examples += 1
         report.coverage[problem.mask_kind] += 1
-        failure = _run_one(fn, backward, problem, cap, tolerance)
+        failure = run.check(problem)
         if failure is not None:
             state["last"] = failure
             raise _Failed(failure.message.splitlines()[0] if failure.message else failure.kind)
 
     if seed is not None:
         conforms = hypothesis_seed(seed)(conforms)
+    start = time.perf_counter()
     try:
         conforms()
     except _Failed:
@@ -361,9 +393,30 @@ def check_attention(fn, *, capabilities: Capabilities | dict | None = None, tole
         report.failure = state["last"]
         report.failure.message = ("nondeterministic: this example failed once and passed when replayed.\n"
                                   + report.failure.message)
+    if report.failure is not None and report.failure.raw is not None:
+        report.failure = diagnose(run, report.failure.problem, report.failure, *report.failure.raw)
+    if report.failure is not None:
+        _establish(report)
+    report.seconds = time.perf_counter() - start
     if report.failure is not None and raise_on_failure:
         raise ConformanceError(report)
     return report
+
+
+_SHEET_ROW = {"causal alignment": "causal alignment", "fully masked rows": "fully masked rows", "lse units": "returns",
+              "scale ignored": "scale", "mask ignored": "masks", "mask inverted": "masks", "dtype": "dtypes",
+              "mutation": "inputs", "nondeterministic": "determinism"}
+
+
+def _establish(report: ConformanceReport):
+    """Put what the failure established about the kernel into the semantics sheet."""
+    f = report.failure
+    key = f.convention or f.kind
+    if key in _SHEET_ROW:
+        first = f.message.splitlines()[0] if f.message else key
+        report.semantics.established[_SHEET_ROW[key]] = f"FAILED: {first}"
+    elif f.output in GRADIENTS:
+        report.semantics.established["gradients"] = f"FAILED: {f.output} (see above)"
 
 
 def assert_conforms(fn, **kwargs) -> ConformanceReport:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 
 from refattn.testing import Capabilities, problems
 from refattn.testing import tolerance as tol
-from refattn.testing.strategies import round_to_bfloat16
+from refattn.testing.strategies import WORK_BUDGET, boundary_sizes, round_to_bfloat16
 
 
 def test_rule_numbers():
@@ -81,14 +81,37 @@ AWKWARD = {
     "an outlier": lambda p: "outliers" in p.values and np.abs(p.q).max() > 6,
     "exact ties": lambda p: "ties" in p.values and p.nk > 2,
     "near-constant rows": lambda p: "near_constant" in p.values and p.nk > 2,
+    # the tile class: sizes past every tile boundary a real kernel uses
+    "Nk just past 128 (a short second 128-wide tile)": lambda p: 129 <= p.nk <= 160,
+    "Nk one below a multiple of 32": lambda p: p.nk % 32 == 31,
+    "Nq past 64": lambda p: p.nq > 64,
+    "a few queries against Nk past 64": lambda p: p.nq <= 4 and p.nk > 64,
+    "d past a vector width, odd": lambda p: p.d > 8 and p.d % 2 == 1,
+    "common head sizes 64, 128, 256": lambda p: p.d in (64, 128, 256),
+    "d just past a head size (65, 129)": lambda p: p.d in (65, 129),
+    "d > 128 with the default scale": lambda p: p.d > 128 and p.scale is None,
 }
 
 
+def test_boundary_sizes_and_work_budget():
+    assert boundary_sizes(1, 70) == [15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65]
+    assert boundary_sizes(20, 33, widths=(32,)) == [31, 32, 33]
+
+    @settings(max_examples=100, database=None)
+    @given(problems())
+    def bounded(p):
+        work = p.nq * p.nk * (p.d + p.v.shape[-1])
+        assert int(np.prod(p.lead, dtype=int)) * work <= max(WORK_BUDGET, work)
+        assert 1 <= p.nq <= 300 and 1 <= p.nk <= 300 and p.d <= 256
+
+    bounded()
+
+
 def test_strategies_reach_the_awkward_cases():
-    """Within the kit's default example budget (60), each awkward case shows up; 400 draws make a miss unlikely."""
+    """Within the kit's default example budget (100), each awkward case shows up; 800 draws make a miss unlikely."""
     seen = set()
 
-    @settings(max_examples=400, database=None)
+    @settings(max_examples=800, database=None)
     @given(problems())
     def draw(p):
         seen.update(name for name, predicate in AWKWARD.items() if predicate(p))
