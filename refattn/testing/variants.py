@@ -1,7 +1,8 @@
 """The attention variants in the conformance kit: what is drawn, and the nearby conventions it can name.
 
 A kernel declares the variants it supports with ``Capabilities(variants=...)``,
-any of :data:`VARIANT_KINDS`:
+any of :data:`VARIANT_KINDS` (drawn by :func:`refattn.testing.strategies.variant_arguments`,
+each declared one in half the problems):
 
 * ``"gqa"``: ``num_kv_heads`` (k and v carry fewer heads on axis -3);
 * ``"window"``: ``window=(left, right)``;
@@ -40,34 +41,10 @@ import numpy as np
 from refattn import reference
 
 VARIANT_KINDS = ("gqa", "window", "softcap", "alibi")
-
-
-def draw_variants(rng: np.random.Generator, kinds, lead, nq, nk):
-    """Variant keyword arguments for one problem: each declared kind is drawn with probability 1/2.
-
-    ``lead`` is the query's leading shape; GQA needs a head axis with a proper divisor.
-    Returns ``(variants, hkv)``: the dict passed to the kernel and the number of KV heads
-    (None without GQA).
-    """
-    out, hkv = {}, None
-    if "gqa" in kinds and lead and lead[-1] > 1 and rng.random() < 0.5:
-        hq = lead[-1]
-        hkv = int(rng.choice([g for g in range(1, hq) if hq % g == 0]))
-        out["num_kv_heads"] = hkv
-    if "window" in kinds and rng.random() < 0.5:
-        side = lambda: int(rng.choice([-1, 0, int(rng.integers(0, max(nk, 1) + 1))]))
-        out["window"] = (side(), side())
-    if "softcap" in kinds and rng.random() < 0.5:
-        out["softcap"] = float(rng.choice([0.0, 0.5, 2.0, 10.0]))
-    if "alibi" in kinds and rng.random() < 0.5:
-        heads = lead[-1] if lead else 1
-        out["alibi_slopes"] = 2.0 ** (-8.0 * (np.arange(heads) + 1) / heads) if lead else np.float64(0.25)
-    return out, hkv
-
-
-def kv_heads(x, hkv):
-    """Keep the first ``hkv`` heads (axis -3) of a drawn k or v: the GQA problem's KV heads."""
-    return np.ascontiguousarray(x[..., :hkv, :, :])
+#: The names of the nearby conventions :func:`alternatives` can offer.
+VARIANT_CONVENTIONS = ("window exclusive left bound", "window exclusive right bound", "window alignment",
+                       "softcap ignored", "softcap 0 read as a cap of zero", "ALiBi sign", "ALiBi alignment",
+                       "GQA head mapping")
 
 
 def describe(variants: dict) -> str:

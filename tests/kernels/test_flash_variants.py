@@ -212,3 +212,18 @@ def test_softcap_backward_keeps_its_dtanh_tile_on_chip_and_says_so():
     assert res.plan.footprint["dtanh_ij"] == br * bc and plain.plan.footprint["dtanh_ij"] == 0
     assert any(e.kind == "compute" and e.tensor == "dtanh" for e in res.trace.events)
     assert res.traffic.reads == plain.traffic.reads  # the cap costs on-chip space, no HBM traffic
+
+
+def test_parallel_backward_driver_agrees_with_the_serial_one_on_gqa_and_variants():
+    rng = np.random.default_rng(7)
+    q, do = rng.standard_normal((4, 384, 16)), rng.standard_normal((4, 384, 16))
+    k, v = rng.standard_normal((2, 384, 16)), rng.standard_normal((2, 384, 16))
+    kw = dict(num_kv_heads=2, window=(90, 5), softcap=3.0, alibi_slopes=np.linspace(0.02, 0.2, 4))
+    o, lse = attention(q, k, v, **kw)
+    fast = flash_backward(q, k, v, o, lse, do, sram=6000, **kw)  # untraced and big enough: the parallel driver
+    serial = flash_backward(q, k, v, o, lse, do, sram=6000, trace=True, **kw)
+    for a, b in zip((fast.dq, fast.dk, fast.dv), (serial.dq, serial.dk, serial.dv)):
+        np.testing.assert_array_equal(a, b)
+    assert fast.traffic.reads == serial.traffic.reads and fast.traffic.writes == serial.traffic.writes
+    for got, want in zip((fast.dq, fast.dk, fast.dv), attention_backward(q, k, v, do, **kw)):
+        np.testing.assert_allclose(got, want, atol=1e-11)
