@@ -227,3 +227,18 @@ def test_parallel_backward_driver_agrees_with_the_serial_one_on_gqa_and_variants
     assert fast.traffic.reads == serial.traffic.reads and fast.traffic.writes == serial.traffic.writes
     for got, want in zip((fast.dq, fast.dk, fast.dv), attention_backward(q, k, v, do, **kw)):
         np.testing.assert_allclose(got, want, atol=1e-11)
+
+
+def test_count_only_runs_count_the_same_with_variants():
+    rng = np.random.default_rng(8)
+    q, do = rng.standard_normal((4, 70, 8)), rng.standard_normal((4, 70, 8))
+    k, v = rng.standard_normal((2, 90, 8)), rng.standard_normal((2, 90, 8))
+    kw = dict(sram=900, num_kv_heads=2, window=(20, 3), causal=True, softcap=2.0, alibi_slopes=np.full(4, 0.1))
+    for variant in ("fa1", "fa2"):
+        full, counted = (flash_forward(q, k, v, variant=variant, count_only=c, **kw) for c in (False, True))
+        assert counted.traffic.reads == full.traffic.reads and counted.traffic.writes == full.traffic.writes
+        assert (counted.flops, counted.n_steps, counted.peak_sram) == (full.flops, full.n_steps, full.peak_sram)
+    o, lse = attention(q, k, v, **{n: x for n, x in kw.items() if n != "sram"})
+    full, counted = (flash_backward(q, k, v, o, lse, do, count_only=c, **kw) for c in (False, True))
+    assert counted.traffic.reads == full.traffic.reads and counted.traffic.writes == full.traffic.writes
+    assert (counted.flops, counted.n_steps) == (full.flops, full.n_steps)
