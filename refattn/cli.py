@@ -1,12 +1,16 @@
-"""The ``refattn`` command: ``refattn app | lesson N | bench | check | conform``.
+"""The ``refattn`` command: ``refattn app | lesson N | bench | check | warmup | conform``.
 
 Each subcommand imports its module only when run, so ``refattn --help`` is fast.
+``refattn app`` replaces its own process with Streamlit's (``os.execv``), so
+stopping it (Ctrl-C, ``kill PID``) stops the server.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +29,9 @@ def _cmd_app(args) -> int:
            "--server.address", args.address, "--browser.gatherUsageStats", "false"]
     if args.headless:
         cmd += ["--server.headless", "true"]
-    return subprocess.call(cmd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)  # the server takes this process's place (and PID): no child left behind
 
 
 def lesson_paths() -> dict[int, Path]:
@@ -53,12 +59,21 @@ def _cmd_bench(args) -> int:
     from refattn.bench import run_sections
 
     if args.gpu:
+        missing = [m for m in ("torch", "triton") if importlib.util.find_spec(m) is None]
+        if missing:
+            print(f"refattn bench --gpu needs {' and '.join(missing)} (the [gpu] extra, on a CUDA machine): "
+                  "not run", file=sys.stderr)
+            return 2
         return subprocess.call([sys.executable, "-m", "gpu_optional.bench"] + (["--quick"] if args.quick else []))
     return run_sections(args.section, quick=args.quick, csv=args.csv)
 
 
 def _cmd_check(args) -> int:
     return importlib.import_module("refattn.selfcheck").main(quick=args.quick)
+
+
+def _cmd_warmup(args) -> int:
+    return importlib.import_module("refattn.warmup").main()
 
 
 def _cmd_conform(args) -> int:
@@ -93,17 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true")
     p.set_defaults(func=_cmd_check)
 
+    p = sub.add_parser("warmup", help="compile every kernel once (Numba caches them), so later runs start fast")
+    p.set_defaults(func=_cmd_warmup)
+
     p = sub.add_parser("conform", help="property-test an attention function: refattn conform pkg.mod:fn")
     p.add_argument("target", help="package.module:function")
     p.add_argument("--max-examples", type=int, default=None, help="examples to draw (default 100)")
     p.add_argument("--capabilities", default=None, help="JSON object of capabilities (see refattn.testing)")
     p.add_argument("--seed", type=int, default=None, help="fix hypothesis's random choices (default: fresh)")
     p.set_defaults(func=_cmd_conform)
+    for p in sub.choices.values():  # each subcommand knows its parser, for its own usage message
+        p.set_defaults(subparser=p)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # e.g. `refattn bench --quik`: the subcommand's usage, not the top-level one
+        args.subparser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args) or 0)
 
 

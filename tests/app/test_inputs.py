@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 
+from tests.optional import require
 from viz_app.inputs import MAX_UPLOAD_BYTES, InputError, qkv_from_arrays, read_upload
 
 
@@ -48,7 +49,7 @@ def test_scores_that_overflow_float32_are_refused():
 
 
 def test_the_uploader_states_the_limit_the_checks_enforce():
-    pytest.importorskip("streamlit")
+    require("streamlit")
     from pathlib import Path
 
     from streamlit.testing.v1 import AppTest

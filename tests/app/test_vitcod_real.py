@@ -2,10 +2,10 @@
 
 import pytest
 
-from tests.optional import require
+from tests.app.test_pages import metric, ok, page
+from tests.optional import needs, require
 
-pytest.importorskip("streamlit")  # the [app] extra
-from tests.app.test_pages import metric, ok, page  # noqa: E402
+pytestmark = needs("streamlit", "plotly")  # the [app] extra
 
 
 def test_vitcod_page_real_minilm_source():

@@ -33,7 +33,6 @@ import pytest
 from tests.optional import require
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC_SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 IN_CI = os.environ.get("REFATTN_REQUIRE_OPTIONAL") == "1"
 PAGES = ["forward", "backward", "io", "minference", "vitcod", "inputs"]
@@ -110,15 +109,6 @@ def browser_page(chromium):
     page.set_default_timeout(180_000)
     yield page
     page.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    """Where screenshots go: a temporary folder, or docs/screenshots/ on request."""
-    if os.environ.get("REFATTN_UPDATE_SCREENSHOTS") == "1":
-        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
-        return DOC_SHOTS
-    return tmp_path_factory.mktemp("screenshots")
 
 
 def wait_idle(page, timeout=180_000):
@@ -206,7 +196,7 @@ def goto(frame, pos):
     frame.evaluate("(p) => { const s = document.getElementById('slider'); s.value = p; s.oninput(); }", pos)
 
 
-def test_every_page_in_the_browser(server, browser_page, shots):
+def test_every_page_in_the_browser(server, browser_page, screenshot_dir):
     import refattn
     from refattn.data import random_qkv
     from viz_app import pseudocode
@@ -257,7 +247,7 @@ def test_every_page_in_the_browser(server, browser_page, shots):
     assert played > 0
     assert number(frame, "#reads-0") == flash.trace.traffic_until(min(played, n)).total_reads
     measured["play at 10 steps/s: delivered steps/s"] = rate
-    shot(page, shots, "forward")
+    shot(page, screenshot_dir, "forward")
 
     # a fine tiling and a causal run, set by the URL
     fine = {}
@@ -267,7 +257,7 @@ def test_every_page_in_the_browser(server, browser_page, shots):
     assert "aggregates" in frame.inner_text("#gridnote-1")  # the standard grid's 1-pixel tiles are pooled
     goto(frame, 700)
     assert number(frame, "#reads-0") > 0
-    shot(page, shots, "forward_fine")
+    shot(page, screenshot_dir, "forward_fine")
     open_page(page, url, "forward", {}, query="?causal=1")
     frame = wait_player(page)
     causal = refattn.flash_forward(q, k, v, sram=1024, variant="fa2", causal=True, trace=True)
@@ -275,7 +265,7 @@ def test_every_page_in_the_browser(server, browser_page, shots):
                      if any(e.kind == "skip" for e in causal.trace.events_at(s)))
     goto(frame, skip_step)
     assert any("skip it" in t for t in lit_lines(frame)) and "skips 1 fully masked tile" in frame.inner_text("#narr-0")
-    shot(page, shots, "forward_causal")
+    shot(page, screenshot_dir, "forward_causal")
 
     # --- page 2: backward, a step mid-run
     open_page(page, url, "backward", timings)
@@ -286,7 +276,7 @@ def test_every_page_in_the_browser(server, browser_page, shots):
     n_b = frame.evaluate("() => DATA.panels[0].n_steps")
     goto(frame, n_b // 2 + 3)
     assert frame.eval_on_selector_all("#code-0 div.lit", "els => els.length") > 0
-    shot(page, shots, "backward")
+    shot(page, screenshot_dir, "backward")
 
     # --- pages 3-5
     for name in ("io", "minference", "vitcod"):
@@ -295,7 +285,7 @@ def test_every_page_in_the_browser(server, browser_page, shots):
             frame = wait_player(page)
             goto(frame, 14)
             assert number(frame, "#reads-0") > 0 and frame.eval_on_selector_all("#code-0 div.lit", "e => e.length")
-        shot(page, shots, name)
+        shot(page, screenshot_dir, name)
 
     # --- ViTCoD's PE arrays in motion: both players step in the browser
     pe = [f for f in page.frames if f.evaluate("() => !!window.__pe") is True]
@@ -307,8 +297,8 @@ def test_every_page_in_the_browser(server, browser_page, shots):
     assert any("PEs do a MAC" in f.inner_text("#narr") for f in pe)
     assert any("lines on the denser engine" in f.inner_text("#narr") for f in pe)
     frames = page.locator("iframe")  # the engines' lines, then the GEMM on the array
-    frames.nth(0).screenshot(path=str(shots / "vitcod_engines.png"))
-    frames.nth(1).screenshot(path=str(shots / "vitcod_pe.png"))
+    frames.nth(0).screenshot(path=str(screenshot_dir / "vitcod_engines.png"))
+    frames.nth(1).screenshot(path=str(screenshot_dir / "vitcod_pe.png"))
 
     # --- page 6: uploads (a bad file gives a message, a good one is accepted)
     open_page(page, url, "inputs", timings)
@@ -325,7 +315,7 @@ def test_every_page_in_the_browser(server, browser_page, shots):
     wait_idle(page)
     page.wait_for_timeout(500)
     assert not page.locator('[data-testid="stException"]').count()
-    shot(page, shots, "inputs")
+    shot(page, screenshot_dir, "inputs")
 
     # second visits through the sidebar: the server's caches are warm and the app stays loaded
     for name in PAGES:
@@ -336,10 +326,10 @@ def test_every_page_in_the_browser(server, browser_page, shots):
           + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
     print("stepping: " + ", ".join(f"{k} {v:.1f}" for k, v in measured.items()))
     for name in PAGES:
-        assert (shots / f"{name}.png").stat().st_size > 10_000
+        assert (screenshot_dir / f"{name}.png").stat().st_size > 10_000
 
 
-def test_narrow_screen_keeps_each_kernel_with_its_code(server, chromium, shots):
+def test_narrow_screen_keeps_each_kernel_with_its_code(server, chromium, screenshot_dir):
     """At 390 px the two kernels stack, each with its own pseudo-code, counters and grid."""
     page = chromium.new_page(viewport={"width": 390, "height": 1400})
     page.set_default_timeout(180_000)
@@ -348,11 +338,11 @@ def test_narrow_screen_keeps_each_kernel_with_its_code(server, chromium, shots):
     boxes = [frame.eval_on_selector(f"#{what}-{k}", "e => e.getBoundingClientRect().top")
              for k in (0, 1) for what in ("title", "code", "grid")]
     assert boxes[0] < boxes[1] < boxes[2] < boxes[3] < boxes[4] < boxes[5]  # panel 0 whole, then panel 1
-    shot(page, shots, "forward_narrow")
+    shot(page, screenshot_dir, "forward_narrow")
     page.close()
 
 
-@pytest.mark.skipif(os.environ.get("REFATTN_COLD_START") != "1", reason="set REFATTN_COLD_START=1 (compiles all)")
+@pytest.mark.cold_start  # collected only with REFATTN_COLD_START=1 (tests/browser/conftest.py): it compiles everything
 def test_cold_numba_cache_shows_progress(chromium, tmp_path):
     """A fresh Numba cache: the forward page says what it compiles, and its first chart time is printed."""
     proc, url = start_server({"NUMBA_CACHE_DIR": str(tmp_path / "numba")})

@@ -6,7 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refattn.reference import attention, attention_backward
-from tests.gpu.helpers import DEVICE, DTYPES, RTOL, check_lse, np64, randn, rel_err, skip_without_device, torch
+from tests.gpu.helpers import DEVICE, DTYPES, NEEDS, RTOL, check_lse, np64, randn, rel_err, skip_without_device, torch
+
+pytestmark = NEEDS
 
 CAUSAL = [False, True, "top_left"]
 

@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 
 from refattn.index_set import IndexSet
 from refattn.reference import attention
-from tests.gpu.helpers import DEVICE, DTYPES, RTOL, check_lse, np64, randn, rel_err, skip_without_device, torch
+from tests.gpu.helpers import DEVICE, DTYPES, NEEDS, RTOL, check_lse, np64, randn, rel_err, skip_without_device, torch
+
+pytestmark = NEEDS
 
 
 def _random_set(rng, nq, nk, block, empty_row):

