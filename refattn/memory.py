@@ -69,12 +69,14 @@ TENSORS = (
     "Q", "K", "V", "O", "S", "P", "L", "m", "l",
     "dO", "dQ", "dK", "dV", "D", "dP", "dS", "idx", "mask",
     "Qc", "Kc", "AE",  # ViTCoD: auto-encoded Q and K (codes) and the decoder weights
+    "dtanh",  # the softcap's 1 - tanh^2 tile (flash backward)
 )
 TENSOR_ID = {name: i for i, name in enumerate(TENSORS)}
 N_TENSORS = len(TENSORS)
 (T_Q, T_K, T_V, T_O, T_S, T_P, T_L, T_M, T_LSUM,
  T_DO, T_DQ, T_DK, T_DV, T_D, T_DP, T_DS, T_IDX, T_MASK) = range(18)
 T_QC, T_KC, T_AE = TENSOR_ID["Qc"], TENSOR_ID["Kc"], TENSOR_ID["AE"]
+T_DT = TENSOR_ID["dtanh"]
 
 #: Maximum number of on-chip slots a kernel may use.
 N_SLOTS = 16

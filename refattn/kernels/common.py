@@ -15,7 +15,7 @@ and the flattened (B, N, d) arrays, and a public wrapper that
 The jitted tile primitives below are the only copy of the tile arithmetic:
 the score tile (:func:`score_tile`), the online-softmax update of one tile
 (:func:`online_update`), the finalisation of a row block (:func:`finalise_rows`),
-the causal visibility of a tile (:func:`visibility`, :func:`enter_tile`), the
+the causal and window visibility of a tile (:func:`visibility`, :func:`enter_tile`), the
 key-outer loops' K_j, V_j load (:func:`load_kv_once`), where a run stopped
 (:func:`stop_here`, :func:`close_step`) and the parallel per-task counters (:func:`new_tasks`,
 :func:`task_mem`, :func:`reduce_tasks`). The backward kernels share
@@ -321,22 +321,32 @@ def stop_here(mem, info, phase, head, r0, r1, c0, c1):
     return False
 
 
+#: ``lo`` of a band with no lower bound (key c >= r + lo always holds); ``-NO_LO`` hides everything.
+NO_LO = -(1 << 60)
+
+
 @numba.njit(cache=True)
-def visibility(r0, r1, c0, c1, causal, off):
-    """0: tile wholly hidden by the causal mask (skip); 1: fully visible; 2: crosses the diagonal."""
-    if causal == 0:
-        return 1
-    if c0 > r1 - 1 + off:
+def visibility(r0, r1, c0, c1, causal, off, lo=NO_LO):
+    """0: tile wholly hidden (skip); 1: fully visible; 2: crosses a band edge (mask element-wise).
+
+    Key c is visible to row r iff ``c <= r + off`` (when ``causal``) and ``c >= r + lo``
+    (a sliding window's lower edge, docs/variants.md; ``NO_LO`` when unbounded)."""
+    hidden = c1 - 1 < r0 + lo
+    partial = c0 < r1 - 1 + lo
+    if causal != 0:
+        hidden = hidden or c0 > r1 - 1 + off
+        partial = partial or c1 - 1 > r0 + off
+    if hidden:
         return 0
-    if c1 - 1 > r0 + off:
+    if partial:
         return 2
     return 1
 
 
 @numba.njit(cache=True, inline="always")
-def enter_tile(mem, r0, r1, c0, c1, causal, off):
+def enter_tile(mem, r0, r1, c0, c1, causal, off, lo=NO_LO):
     """:func:`visibility` of the tile; a wholly hidden tile is recorded as skipped (no loads follow)."""
-    vis = visibility(r0, r1, c0, c1, causal, off)
+    vis = visibility(r0, r1, c0, c1, causal, off, lo)
     if vis == 0:
         memory.skip(mem, r0, r1, c0, c1)
     return vis
@@ -362,7 +372,8 @@ def close_step(mem, info, phase, head, r0, r1, c0, c1, release):
 
 
 @numba.njit(cache=True)
-def score_tile(q_tile, k_tile, n, out, scale, r0, cols, causal, off, mask, has_mask, b):
+def score_tile(q_tile, k_tile, n, out, scale, r0, cols, causal, off, mask, has_mask, b,
+               lo=NO_LO, softcap=0.0, slope=0.0, aoff=0):
     """The score tile of query rows r0.. (``q_tile``, (br, d)) against the first ``n`` rows of
     ``k_tile`` (key columns ``cols[:n]``), **transposed**: returns ``(st, eff)`` with ``st`` an
     (n, br) view of the buffer ``out`` (>= n*br elements) such that ``eff * st[c, r]`` is
@@ -376,20 +387,33 @@ def score_tile(q_tile, k_tile, n, out, scale, r0, cols, causal, off, mask, has_m
     For ``scale > 0`` the row maximum of ``scale * x`` is ``scale`` times that of ``x``
     (rounding is monotone), so nothing changes numerically; a ``scale <= 0`` is applied here
     and ``eff`` is 1.
+
+    Variants (docs/variants.md): with ``causal`` the band's lower edge also hides key c from
+    row r when ``c < r + lo`` (a sliding window); with ``softcap > 0`` or an ALiBi ``slope``
+    the scale is applied here (``eff`` is 1), then the cap ``softcap * tanh(s / softcap)``,
+    then the bias ``-slope * |r + aoff - c|`` (``aoff = Nk - Nq``), then the masks.
     """
     br = q_tile.shape[0]
     st = out[:n * br].reshape((n, br))
     np.dot(k_tile[:n], q_tile.T, st)
     eff = scale
-    if not scale > 0:
+    if not scale > 0 or softcap > 0 or slope != 0:
         for c in range(n):
             for r in range(br):
-                st[c, r] = st[c, r] * scale
+                x = st[c, r] * scale
+                if softcap > 0:
+                    x = softcap * np.tanh(x / softcap)
+                if slope != 0:
+                    x -= slope * abs(r0 + r + aoff - cols[c])
+                st[c, r] = x
         eff = st.dtype.type(1)
     if causal:
         for c in range(n):
             hidden = min(max(cols[c] - off - r0, 0), br)  # rows r < hidden do not see key cols[c]
             for r in range(hidden):
+                st[c, r] = -np.inf
+            below = max(cols[c] - lo - r0 + 1, 0)  # rows r >= below have cols[c] < r + lo
+            for r in range(below, br):
                 st[c, r] = -np.inf
     if has_mask:
         for c in range(n):
@@ -397,6 +421,24 @@ def score_tile(q_tile, k_tile, n, out, scale, r0, cols, causal, off, mask, has_m
                 if not mask[b, r0 + r, cols[c]]:
                     st[c, r] = -np.inf
     return st, eff
+
+
+@numba.njit(cache=True)
+def softcap_dtanh(st, out, r0, cols, softcap, slope, aoff):
+    """The softcap's derivative 1 - tanh^2 = 1 - (capped / softcap)^2 for a transposed score tile
+    ``st`` (n, br) made by :func:`score_tile` with ``eff`` = 1 (the capped score is ``st`` minus
+    its ALiBi bias), into ``out`` (n, br); 0 where masked. The backward keeps it on chip."""
+    n, br = st.shape
+    dt = out[:n * br].reshape((n, br))
+    for c in range(n):
+        for r in range(br):
+            x = st[c, r]
+            if x == -np.inf:
+                dt[c, r] = 0
+            else:
+                t = (x + slope * abs(r0 + r + aoff - cols[c])) / softcap
+                dt[c, r] = 1 - t * t
+    return dt
 
 
 @numba.njit(cache=True)

@@ -45,6 +45,23 @@ keep) is read tile by tile from HBM (tensor ``mask``) for every visited tile.
 Masked scores are -inf; a row whose running max is -inf uses 0 as the shift
 (docs/design.md), so a fully masked row gives O = 0 and L = -inf, never NaN.
 
+Variants (docs/variants.md; refattn/kernels/variant_args.py). A sliding
+``window=(left, right)`` and causal masking together make a *band*: key c is
+visible to query r iff ``r + lo <= c <= r + off``, with ``off`` the smallest of
+the causal offset and ``Nk - Nq + right``, and ``lo = Nk - Nq - left`` (each
+edge only when bounded). Tiles wholly outside the band are skipped (a ``skip``
+event in the trace, nothing loaded), tiles crossing an edge are masked
+element-wise, tiles inside it are not masked at all. ``softcap`` and
+``alibi_slopes`` change the score tile only (cap, then bias, then masks).
+GQA (``num_kv_heads``, ``G = Hq / Hkv`` query heads per KV head): query head b
+reads KV head ``b // G`` from an HBM array of ``Hkv`` heads. FA1 runs the G
+query heads of a group inside its key-block loop, so K_j and V_j are read once
+per KV head; FA2 keeps the paper's loop, whose on-chip state is one query
+head's row block, so it reads K_j and V_j once per query head and query block
+(reading them once per group would need the G heads' Q_i, O_i, m, l on chip
+together, G times the footprint: FlashAttention-3's packed-GQA layout, not
+modelled here).
+
 Precision: m, l and the accumulator are kept in the input dtype (float32 or
 float64). Outputs: ``o`` (..., Nq, dv) and ``lse`` (..., Nq), both in the
 **input dtype** (natural log).
@@ -74,36 +91,46 @@ Steps (numbered 1..n_steps; what ``stop_after`` and the trace count; docs/contra
   step with one ``skip`` event. The load of Q_i belongs to the step of its
   first visible tile; the final write of O_i and L_i belongs to the step of
   tile (i, Tc-1).
-* FA1: per head, one initialisation step (phase "init"), then one step per
-  tile (j outer, i inner; "main"), then one finalise step ("finalise"):
-  ``n_steps = B*(Tr*Tc + 2)``. K_j and V_j are released in the step of tile
-  (j, Tr-1).
+* FA1: per KV head, one initialisation step for its G query heads (phase
+  "init"), then one step per tile (j outer, then the group's query heads, then
+  i; "main"), then one finalise step ("finalise"):
+  ``n_steps = (B/G)*(G*Tr*Tc + 2)`` (``B*(Tr*Tc + 2)`` without GQA). K_j and
+  V_j are released in the step of the group's last tile of column j.
 
 ``result.state.arrays`` of a stopped run: ``m``, ``l`` (the rows' running max
 and sum), ``o_partial`` (FA2: the unnormalised accumulator O~, or O_i once the
 row block is finalised; FA1: O_i as it stands in HBM) and ``o_normalised``.
 
-HBM traffic closed forms (per head; ``B`` heads multiply every term). Let
-``J_i`` be the number of key blocks visible to query block i: ``Tc`` without
-causal, else ``clip(floor((r1_i - 1 + off)/Bc) + 1, 0, Tc)`` with ``r1_i`` the
-end of block i (visible key blocks always form a prefix ``j < J_i``). Then
+HBM traffic closed forms (per head; ``B`` query heads multiply every term,
+except the K and V reads of FA1, which ``B/G`` KV heads multiply). The key
+blocks visible to query block i (rows ``[r0_i, r1_i)``) form a contiguous range
+``a_i <= j < b_i`` (the band is a diagonal strip):
+``a_i = floor(max(r0_i + lo, 0)/Bc)`` (0 without a left edge) and
+``b_i = clip(floor((r1_i - 1 + off)/Bc) + 1, 0, Tc)`` (``Tc`` without an upper
+edge); ``J_i = max(b_i - a_i, 0)`` tiles. Without a window ``a_i = 0``: the
+prefix ``j < J_i`` of the causal case. Then
 
     R  = sum_i br_i * J_i                 (tile-rows visited)
-    C  = sum_i min(J_i*Bc, Nk)            (tile-columns visited)
-    A  = sum_i br_i * min(J_i*Bc, Nk)     (tile area visited)
+    C  = sum_i cols_i,  cols_i = min(b_i*Bc, Nk) - a_i*Bc  (0 if J_i = 0)   (tile-columns visited)
+    A  = sum_i br_i * cols_i              (tile area visited)
     Qr = sum_{i: J_i > 0} br_i            (query rows with any visible tile)
-    Kc = min(max_i J_i * Bc, Nk)          (key rows with any visible tile)
+    Kc = key rows in the union of the ranges [a_i*Bc, min(b_i*Bc, Nk))   (any visible tile)
 
     FA2:  Q reads d*Qr;  K reads d*C;  V reads dv*C;  O writes Nq*dv;  L writes Nq;
           mask reads A (with a mask).
           No causal, no mask: Nq*d + Tr*Nk*(d + dv) + Nq*dv + Nq  (docs/algorithms.md).
-    FA1:  K reads d*Kc;  V reads dv*Kc;  Q reads d*R;
+    FA1:  K reads d*Kc;  V reads dv*Kc (per KV head);  Q reads d*R;
           O reads dv*R, O writes Nq*dv + dv*R;  l reads R + Nq, l writes Nq + R;
           m reads R + Nq, m writes Nq + R;  L writes Nq;  mask reads A.
           No causal: Nk*(d + dv) + Tc*Nq*(d + 2*dv + 4) + Nq*(dv + 5).
 
+A window of w = left + right + 1 keys makes J_i about (Br + w)/Bc + 1 instead
+of Tc: FA2's K and V traffic falls from Tr*Nk*(d + dv) to about
+Nq*(1 + (w + Bc)/Br)*(d + dv), independent of Nk.
+
 FLOPs: 2*br*bc*(d + dv) per visited tile; exponentials br*bc + br (FA2) or
-br*bc + 2*br (FA1) per visited tile.
+br*bc + 2*br (FA1) per visited tile (the softcap's tanh and the ALiBi bias are
+not counted).
 """
 
 from __future__ import annotations
@@ -122,7 +149,6 @@ from refattn.kernels.common import (
     new_tasks,
     online_update,
     plan_blocks,
-    prepare,
     readonly,
     reduce_tasks,
     run_with_trace,
@@ -133,6 +159,7 @@ from refattn.kernels.common import (
     warn_if_costly,
 )
 from refattn.kernels.contract import Plan
+from refattn.kernels.variant_args import prepare_variants
 from refattn.memory import (
     T_K,
     T_L,
@@ -180,8 +207,11 @@ def forward_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool) -> int:
     return sum(slot_footprint(br, bc, d, dv, has_mask).values())
 
 
-def forward_plan(nb, nq, nk, d, dv, sram, *, variant="fa2", has_mask=False, causal=None, block=None) -> Plan:
-    """The :class:`Plan` of one forward run (block sizes by the rule of the module docstring)."""
+def forward_plan(nb, nq, nk, d, dv, sram, *, variant="fa2", has_mask=False, causal=None, block=None, group=1,
+                 variants=None) -> Plan:
+    """The :class:`Plan` of one forward run (block sizes by the rule of the module docstring).
+
+    ``group``: query heads per KV head (GQA); ``variants``: recorded in ``details``."""
     bq, bk = plan_blocks(nq, nk, d, dv, sram, rule="kv_outer" if variant == "fa1" else "q_outer",
                          footprint=lambda br, bc: forward_footprint(br, bc, d, dv, has_mask), block=block,
                          what=f"flash_forward ({variant}{', with mask' if has_mask else ''})")
@@ -189,20 +219,24 @@ def forward_plan(nb, nq, nk, d, dv, sram, *, variant="fa2", has_mask=False, caus
     if variant == "fa2":
         n_steps, step = nb * tr * tc, "one (query block i, key block j) tile; i outer, j inner, heads in turn"
     else:
-        n_steps = nb * (tr * tc + 2)
-        step = "per head: the initialisation, one (key block j, query block i) tile each (j outer), the finalisation"
+        n_steps = nb // group * (group * tr * tc + 2)
+        step = ("per KV head: the initialisation of its query heads, one (key block j, query head, query block i) "
+                "tile each (j outer), the finalisation")
     return Plan(kernel=f"flash_forward/{variant}", blocks={"Br": bq, "Bc": bk}, tiles={"Tr": tr, "Tc": tc},
                 footprint=slot_footprint(bq, bk, d, dv, has_mask), M=sram.capacity, n_steps=n_steps, step=step,
-                details={"variant": variant, "causal": causal or "none", "masked": has_mask, "heads": nb})
+                details={"variant": variant, "causal": causal or "none", "masked": has_mask, "heads": nb,
+                         **(variants or {})})
 
 
 # ---------------------------------------------------------------------------
 # FA2: one query block (all its tiles); the serial and parallel drivers share it
 # ---------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, st_m, st_l, st_o, info,
-             compute):
+def _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o,
+             info, compute):
     nb, nq, nk, d, dv = dims
+    group, lo, aoff, softcap, slopes = vt  # variants (refattn/kernels/variant_args.py)
+    h = b // group  # the KV head of query head b
     tc = (nk + bk - 1) // bk
     r0 = i * bq
     r1 = min(r0 + bq, nq)
@@ -224,7 +258,7 @@ def _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, bq, b
         c0 = j * bk
         c1 = min(c0 + bk, nk)
         bc = c1 - c0
-        vis = enter_tile(mem, r0, r1, c0, c1, causal, off)
+        vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
         if vis != 0:
             if not q_loaded:
                 load(mem, T_Q, S_Q, r0, r1, 0, d)
@@ -237,9 +271,9 @@ def _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, bq, b
             if compute:
                 for t in range(bc):
                     cols[t] = c0 + t
-                st, eff = score_tile(q[b, r0:r1], k[b, c0:c1], bc, s_buf, scale, r0, cols, vis == 2, off,
-                                     mask, has_mask, b)
-                online_update(st, v[b, c0:c1], eff, m, l, acc, work, pv)
+                st, eff = score_tile(q[b, r0:r1], k[h, c0:c1], bc, s_buf, scale, r0, cols, vis == 2, off,
+                                     mask, has_mask, b, lo, softcap, slopes[b], aoff)
+                online_update(st, v[h, c0:c1], eff, m, l, acc, work, pv)
             hold(mem, T_P, S_S, r0, r1, c0, c1)  # P~ overwrites S
             count_flops(mem, 2 * br * bc * (d + dv), br * bc + br)
         if j == tc - 1:  # finalise query block i: O_i = O~ / l, L_i = m + log l
@@ -262,27 +296,27 @@ def _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, bq, b
 
 
 @numba.njit(cache=True)
-def _fa2_serial(mem, dims, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, st_m, st_l, st_o, info,
+def _fa2_serial(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o, info,
                 compute):
     nb, nq = dims[0], dims[1]
     tr = (nq + bq - 1) // bq
     for b in range(nb):
         for i in range(tr):
-            if _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, bq, bk,
+            if _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk,
                         o, lse, st_m, st_l, st_o, info, compute):
                 return
 
 
 @numba.njit(cache=True, parallel=True)
-def _fa2_parallel(mem, dims, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, st_m, st_l, st_o, info,
-                  compute, tasks):
+def _fa2_parallel(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o,
+                  info, compute, tasks):
     """The same rows as :func:`_fa2_serial`, one task per (head, query block), each
     with its own counters (``tasks``), reduced afterwards in task order."""
     nb, nq = dims[0], dims[1]
     tr = (nq + bq - 1) // bq
     for t in numba.prange(nb * tr):
         _fa2_row(task_mem(tasks, t), dims, t // tr, balanced_order(t % tr, tr), q, k, v, mask, has_mask, scale,
-                 causal, off, bq, bk, o, lse, st_m, st_l, st_o, info, compute)
+                 causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o, info, compute)
     reduce_tasks(mem, tasks)
 
 
@@ -290,8 +324,9 @@ def _fa2_parallel(mem, dims, q, k, v, mask, has_mask, scale, causal, off, bq, bk
 # FA1: outer loop over key blocks; O, l, m live in HBM between tiles
 # ---------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _fa1(mem, dims, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse, lh, mh, info, compute):
+def _fa1(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, lh, mh, info, compute):
     nb, nq, nk, d, dv = dims
+    group, lo, aoff, softcap, slopes = vt  # variants (refattn/kernels/variant_args.py)
     tr = (nq + bq - 1) // bq
     tc = (nk + bk - 1) // bk
     nbq = bq if compute else 0  # count-only runs keep no arrays
@@ -302,24 +337,26 @@ def _fa1(mem, dims, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse,
     pv_buf = np.empty((nbq, dv), q.dtype)  # P~ V_j
     tmp_buf = np.empty((nbq, dv), q.dtype)
     work = np.empty((4, nbq), q.dtype)
-    for b in range(nb):
-        set_head(mem, b)
-        # step: initialise O = 0, l = 0, m = -inf in HBM (Algorithm 1, line 2)
-        for i in range(tr):
-            r0 = i * bq
-            r1 = min(r0 + bq, nq)
-            if compute:
-                o[b, r0:r1] = 0
-                lh[b, r0:r1] = 0
-                mh[b, r0:r1] = -np.inf
-            hold(mem, T_O, S_O, r0, r1, 0, dv)
-            hold(mem, T_LSUM, S_L, r0, r1, 0, 1)
-            hold(mem, T_M, S_M, r0, r1, 0, 1)
-            store(mem, T_O, S_O, r0, r1, 0, dv)
-            store(mem, T_LSUM, S_L, r0, r1, 0, 1)
-            store(mem, T_M, S_M, r0, r1, 0, 1)
-            free_all(mem)
-        if stop_here(mem, info, 0, b, 0, nq, 0, 0):
+    for h in range(nb // group):  # KV head h serves query heads h*group .. h*group + group - 1
+        b0 = h * group
+        # step: initialise O = 0, l = 0, m = -inf in HBM for the group's heads (Algorithm 1, line 2)
+        for b in range(b0, b0 + group):
+            set_head(mem, b)
+            for i in range(tr):
+                r0 = i * bq
+                r1 = min(r0 + bq, nq)
+                if compute:
+                    o[b, r0:r1] = 0
+                    lh[b, r0:r1] = 0
+                    mh[b, r0:r1] = -np.inf
+                hold(mem, T_O, S_O, r0, r1, 0, dv)
+                hold(mem, T_LSUM, S_L, r0, r1, 0, 1)
+                hold(mem, T_M, S_M, r0, r1, 0, 1)
+                store(mem, T_O, S_O, r0, r1, 0, dv)
+                store(mem, T_LSUM, S_L, r0, r1, 0, 1)
+                store(mem, T_M, S_M, r0, r1, 0, 1)
+                free_all(mem)
+        if stop_here(mem, info, 0, b0, 0, nq, 0, 0):
             return
         for j in range(tc):
             c0 = j * bk
@@ -327,67 +364,71 @@ def _fa1(mem, dims, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse,
             bc = c1 - c0
             for t in range(bc):
                 cols[t] = c0 + t
-            kv_loaded = False
+            kv_loaded = False  # K_j, V_j stay on chip for every query head of the group
+            for b in range(b0, b0 + group):
+                set_head(mem, b)
+                for i in range(tr):
+                    r0 = i * bq
+                    r1 = min(r0 + bq, nq)
+                    br = r1 - r0
+                    vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
+                    if vis != 0:
+                        kv_loaded = load_kv_once(mem, kv_loaded, S_K, S_V, c0, c1, d, dv)
+                        load(mem, T_Q, S_Q, r0, r1, 0, d)
+                        load(mem, T_O, S_O, r0, r1, 0, dv)
+                        load(mem, T_LSUM, S_L, r0, r1, 0, 1)
+                        load(mem, T_M, S_M, r0, r1, 0, 1)
+                        if has_mask:
+                            load(mem, T_MASK, S_MASK, r0, r1, c0, c1)
+                        hold(mem, T_S, S_S, r0, r1, c0, c1)
+                        if compute:
+                            st, eff = score_tile(q[b, r0:r1], k[h, c0:c1], bc, s_buf, scale, r0, cols, vis == 2,
+                                                 off, mask, has_mask, b, lo, softcap, slopes[b], aoff)
+                            mt, lt, pv = mt_buf[:br], lt_buf[:br], pv_buf[:br]
+                            mt[:] = -np.inf
+                            lt[:] = 0
+                            pv[:] = 0
+                            # m~, l~, P~ V_j of this tile (lines 9-10)
+                            online_update(st, v[h, c0:c1], eff, mt, lt, pv, work, tmp_buf[:br])
+                            zero = scale - scale
+                            for r in range(br):  # merge with the running m_i, l_i, O_i (lines 11-12)
+                                mi, li = mh[b, r0 + r], lh[b, r0 + r]
+                                mnew = max(mi, mt[r])
+                                shift = zero
+                                if mnew != -np.inf:
+                                    shift = mnew
+                                a_old = np.exp(mi - shift)
+                                a_new = np.exp(mt[r] - shift)
+                                lnew = a_old * li + a_new * lt[r]
+                                if lnew > 0:
+                                    c_old = li * a_old / lnew
+                                    c_new = a_new / lnew
+                                    for t in range(dv):
+                                        o[b, r0 + r, t] = c_old * o[b, r0 + r, t] + c_new * pv[r, t]
+                                mh[b, r0 + r] = mnew
+                                lh[b, r0 + r] = lnew
+                        hold(mem, T_P, S_S, r0, r1, c0, c1)
+                        count_flops(mem, 2 * br * bc * (d + dv), br * bc + 2 * br)
+                        store(mem, T_O, S_O, r0, r1, 0, dv)
+                        store(mem, T_LSUM, S_L, r0, r1, 0, 1)
+                        store(mem, T_M, S_M, r0, r1, 0, 1)
+                    if close_step(mem, info, 1, b, r0, r1, c0, c1, i == tr - 1 and b == b0 + group - 1):
+                        return
+        # step: finalise L = m + log l for the backward, for the group's heads
+        for b in range(b0, b0 + group):
+            set_head(mem, b)
             for i in range(tr):
                 r0 = i * bq
                 r1 = min(r0 + bq, nq)
-                br = r1 - r0
-                vis = enter_tile(mem, r0, r1, c0, c1, causal, off)
-                if vis != 0:
-                    kv_loaded = load_kv_once(mem, kv_loaded, S_K, S_V, c0, c1, d, dv)
-                    load(mem, T_Q, S_Q, r0, r1, 0, d)
-                    load(mem, T_O, S_O, r0, r1, 0, dv)
-                    load(mem, T_LSUM, S_L, r0, r1, 0, 1)
-                    load(mem, T_M, S_M, r0, r1, 0, 1)
-                    if has_mask:
-                        load(mem, T_MASK, S_MASK, r0, r1, c0, c1)
-                    hold(mem, T_S, S_S, r0, r1, c0, c1)
-                    if compute:
-                        st, eff = score_tile(q[b, r0:r1], k[b, c0:c1], bc, s_buf, scale, r0, cols, vis == 2, off,
-                                             mask, has_mask, b)
-                        mt, lt, pv = mt_buf[:br], lt_buf[:br], pv_buf[:br]
-                        mt[:] = -np.inf
-                        lt[:] = 0
-                        pv[:] = 0
-                        # m~, l~, P~ V_j of this tile (lines 9-10)
-                        online_update(st, v[b, c0:c1], eff, mt, lt, pv, work, tmp_buf[:br])
-                        zero = scale - scale
-                        for r in range(br):  # merge with the running m_i, l_i, O_i (lines 11-12)
-                            mi, li = mh[b, r0 + r], lh[b, r0 + r]
-                            mnew = max(mi, mt[r])
-                            shift = zero
-                            if mnew != -np.inf:
-                                shift = mnew
-                            a_old = np.exp(mi - shift)
-                            a_new = np.exp(mt[r] - shift)
-                            lnew = a_old * li + a_new * lt[r]
-                            if lnew > 0:
-                                c_old = li * a_old / lnew
-                                c_new = a_new / lnew
-                                for t in range(dv):
-                                    o[b, r0 + r, t] = c_old * o[b, r0 + r, t] + c_new * pv[r, t]
-                            mh[b, r0 + r] = mnew
-                            lh[b, r0 + r] = lnew
-                    hold(mem, T_P, S_S, r0, r1, c0, c1)
-                    count_flops(mem, 2 * br * bc * (d + dv), br * bc + 2 * br)
-                    store(mem, T_O, S_O, r0, r1, 0, dv)
-                    store(mem, T_LSUM, S_L, r0, r1, 0, 1)
-                    store(mem, T_M, S_M, r0, r1, 0, 1)
-                if close_step(mem, info, 1, b, r0, r1, c0, c1, i == tr - 1):
-                    return
-        # step: finalise L = m + log l for the backward
-        for i in range(tr):
-            r0 = i * bq
-            r1 = min(r0 + bq, nq)
-            load(mem, T_LSUM, S_L, r0, r1, 0, 1)
-            load(mem, T_M, S_M, r0, r1, 0, 1)
-            if compute:
-                for r in range(r0, r1):
-                    lse[b, r] = mh[b, r] + np.log(lh[b, r]) if lh[b, r] > 0 else -np.inf
-            hold(mem, T_L, S_M, r0, r1, 0, 1)  # L overwrites m on chip
-            store(mem, T_L, S_M, r0, r1, 0, 1)
-            free_all(mem)
-        if stop_here(mem, info, 2, b, 0, nq, 0, nk):
+                load(mem, T_LSUM, S_L, r0, r1, 0, 1)
+                load(mem, T_M, S_M, r0, r1, 0, 1)
+                if compute:
+                    for r in range(r0, r1):
+                        lse[b, r] = mh[b, r] + np.log(lh[b, r]) if lh[b, r] > 0 else -np.inf
+                hold(mem, T_L, S_M, r0, r1, 0, 1)  # L overwrites m on chip
+                store(mem, T_L, S_M, r0, r1, 0, 1)
+                free_all(mem)
+        if stop_here(mem, info, 2, b0, 0, nq, 0, nk):
             return
 
 
@@ -395,7 +436,8 @@ def _fa1(mem, dims, q, k, v, mask, has_mask, scale, causal, off, bq, bk, o, lse,
 # Public wrapper
 # ---------------------------------------------------------------------------
 def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mask=None, block=None,
-                  trace=False, stop_after=None, count_only=False):
+                  trace=False, stop_after=None, count_only=False, num_kv_heads=None, window=None, softcap=None,
+                  alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None):
     """FlashAttention forward on the simulated hierarchy (see the module docstring).
 
     Returns a :class:`~refattn.kernels.contract.KernelResult` with outputs
@@ -409,14 +451,20 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
     ``count_only=True``: the same loop with the arithmetic skipped (same traffic,
     peak SRAM, FLOPs, exps, steps and trace; ``outputs`` empty, no (N, d) array
     allocated; docs/contract.md). A stopped count-only run has empty ``state.arrays``.
+    Variants (docs/variants.md, as in :func:`refattn.reference.attention`):
+    ``num_kv_heads`` (GQA/MQA; k, v ``(..., Hkv, Nk, .)``), ``window=(left, right)``,
+    ``softcap``, ``alibi_slopes``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"flash_forward: variant must be one of {VARIANTS}, got {variant!r}")
-    p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where="flash_forward", count_only=count_only)
+    p, kv = prepare_variants(q, k, v, scale=scale, causal=causal, mask=mask, num_kv_heads=num_kv_heads,
+                             window=window, softcap=softcap, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
+                             cu_seqlens_k=cu_seqlens_k, where="flash_forward", count_only=count_only)
     sram = memory.as_sram(sram)
     nb, nq, nk, d, dv = p.dims
     has_mask = p.has_mask
-    plan = forward_plan(nb, nq, nk, d, dv, sram, variant=variant, has_mask=has_mask, causal=p.causal, block=block)
+    plan = forward_plan(nb, nq, nk, d, dv, sram, variant=variant, has_mask=has_mask, causal=p.causal, block=block,
+                        group=kv.group, variants=kv.details)
     plan.check_stop_after(stop_after)
     bq, bk, tr, tc = plan.blocks["Br"], plan.blocks["Bc"], plan.tiles["Tr"], plan.tiles["Tc"]
     warn_if_costly("flash_forward", plan, p, count_only=count_only)
@@ -429,8 +477,8 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
     info = np.zeros(6, np.int64)
     traced = bool(trace) or stop_after is not None
 
-    ins = (readonly(x) for x in (p.q, p.k, p.v, p.mask))
-    common = (p.dims, *ins, has_mask, dt.type(p.scale), p.causal_code, p.offset, bq, bk, o, lse)
+    ins = (readonly(x) for x in (p.q, kv.k, kv.v, p.mask))
+    common = (p.dims, *ins, has_mask, dt.type(p.scale), kv.causal, kv.off, kv.vt(dt), bq, bk, o, lse)
     if variant == "fa2":
         sq = bq if compute else 0
         st_m, st_l, st_o = np.zeros(sq, dt), np.zeros(sq, dt), np.zeros((sq, dv), dt)

@@ -23,6 +23,15 @@ bottom-right causal by default, tiles wholly above the diagonal are skipped
 boolean mask read per visited tile. A fully masked row has L = -inf and gets
 P = 0, so its dQ row is 0 and it adds nothing to dK, dV.
 
+Variants (docs/variants.md) as in the forward: the window's band skips tiles
+the same way; softcap and ALiBi enter the score tile; with a softcap the tile
+1 - tanh^2(capped S / softcap) is kept on chip (slot ``dtanh_ij``, Br*Bc) before
+S is turned into P, and dS is multiplied by it. GQA: the G query heads of a KV
+head run inside the key-block loop (pre-pass over the group's heads, then for
+each j: the group's heads, then i), so K_j and V_j are read once per KV head
+and dK_j, dV_j accumulate the whole group on chip and are written once per
+KV head: no expanded dK, dV in HBM.
+
 Precision: the tiles are computed in the input dtype (float32 or float64);
 ``o``, ``lse`` and ``do`` are cast to it. Two sums are kept in float64 because
 float32 loses too much in them (docs/design.md, "Precision"):
@@ -47,19 +56,20 @@ halved (larger first) until the footprint fits, as in the forward::
 slots K_j, V_j, dK_j, dV_j, Q_i, dO_i, dQ_i, L_i, D_i, S_ij (S then P),
 dP_ij (dP then dS), mask_ij; pre-pass O_i, dO_i, D_i, dQ_i.
 
-Steps (1..n_steps): per head, ``Tr`` pre-pass steps (phase "pre-pass"), then
-one step per (j, i) tile (j outer, phase "main"), skipped tiles included:
-``n_steps = B*(Tr + Tr*Tc)``. The writes of dK_j and dV_j belong to the step
-of tile (j, Tr-1). ``result.state.arrays`` of a stopped run: ``dk_partial``,
+Steps (1..n_steps): per KV head, ``G*Tr`` pre-pass steps (phase "pre-pass"),
+then one step per (j, query head, i) tile (j outer, phase "main"), skipped tiles
+included: ``n_steps = B*(Tr + Tr*Tc)`` (B query heads). The writes of dK_j and
+dV_j belong to the step of the group's last tile of column j. ``result.state.arrays`` of a stopped run: ``dk_partial``,
 ``dv_partial`` (the on-chip dK_j, dV_j sums of the current key block, float64).
 
-HBM traffic closed form (per head; with R, A, Kc as in :mod:`refattn.kernels.flash`:
-``J_i`` visible key blocks of query block i, ``R = sum_i br_i*J_i``,
-``A = sum_i br_i*min(J_i*Bc, Nk)``, ``Kc = min(max_i J_i*Bc, Nk)``)::
+HBM traffic closed form (per query head, except K, V, dK, dV: per KV head; with
+R, A, Kc as in :mod:`refattn.kernels.flash`: the visible key blocks
+``a_i <= j < b_i`` of query block i, ``J_i = b_i - a_i``, ``R = sum_i br_i*J_i``,
+``A = sum_i br_i*cols_i``, ``Kc`` the key rows with any visible tile)::
 
     O reads Nq*dv;  dO reads Nq*dv + dv*R;  D writes Nq, reads R;
     dQ writes Nq*d + d*R, reads d*R;  Q reads d*R;  L reads R;
-    K reads d*Kc;  V reads dv*Kc;  dK writes Nk*d;  dV writes Nk*dv;  mask reads A.
+    K reads d*Kc;  V reads dv*Kc;  dK writes Nk*d;  dV writes Nk*dv (per KV head);  mask reads A.
     No causal, no mask: Nq*(2dv + 1 + d) + Tc*Nq*(3d + dv + 2) + Nk*(2d + 2dv).
 
 FLOPs: 2*br*bc*(3d + 2dv) per visited tile (S, dV, dP, dQ, dK); exponentials
@@ -83,17 +93,18 @@ from refattn.kernels.common import (
     load_kv_once,
     new_tasks,
     plan_blocks,
-    prepare,
     readonly,
     reduce_tasks,
     run_with_trace,
     score_tile,
+    softcap_dtanh,
     step_state,
     task_mem,
     visibility,
     warn_if_costly,
 )
 from refattn.kernels.contract import Plan
+from refattn.kernels.variant_args import prepare_variants
 from refattn.memory import (
     T_D,
     T_DK,
@@ -101,6 +112,7 @@ from refattn.memory import (
     T_DP,
     T_DQ,
     T_DS,
+    T_DT,
     T_DV,
     T_L,
     T_MASK,
@@ -114,13 +126,13 @@ from refattn.memory import (
     set_head,
     store,
 )
-from refattn.validation import check_product_range
+from refattn.validation import check_product_range, unbroadcast
 
 __all__ = ["flash_backward", "BACKWARD_SLOTS", "backward_footprint", "backward_plan"]
 
 BACKWARD_SLOTS = ("Q_i", "K_j", "V_j", "dO_i", "dQ_i", "dK_j", "dV_j", "L_i", "D_i", "S_ij", "dP_ij",
-                  "mask_ij", "O_i")
-(B_Q, B_K, B_V, B_DO, B_DQ, B_DK, B_DV, B_L, B_D, B_S, B_DP, B_MASK, B_O) = range(len(BACKWARD_SLOTS))
+                  "mask_ij", "O_i", "dtanh_ij")
+(B_Q, B_K, B_V, B_DO, B_DQ, B_DK, B_DV, B_L, B_D, B_S, B_DP, B_MASK, B_O, B_DT) = range(len(BACKWARD_SLOTS))
 PHASES = ("pre-pass", "main")
 
 #: Untraced runs with at least this much work (B*Nq*Nk*(d+dv)) and two or more (head, key
@@ -132,29 +144,35 @@ PARALLEL_MIN_WORK = 1 << 22
 WAVE_BYTES = 32 << 20
 
 
-def slot_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool) -> dict:
+def slot_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool, softcap: bool = False) -> dict:
     """{slot: elements} at the peak: the main loop's tile or the pre-pass, whichever is larger."""
     main = {"Q_i": br * d, "K_j": bc * d, "V_j": bc * dv, "dO_i": br * dv, "dQ_i": br * d, "dK_j": bc * d,
             "dV_j": bc * dv, "L_i": br, "D_i": br, "S_ij": br * bc, "dP_ij": br * bc,
-            "mask_ij": br * bc if has_mask else 0}
+            "mask_ij": br * bc if has_mask else 0, "dtanh_ij": br * bc if softcap else 0}
     pre = {"O_i": br * dv, "dO_i": br * dv, "D_i": br, "dQ_i": br * d}
     return main if sum(main.values()) >= sum(pre.values()) else pre
 
 
-def backward_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool) -> int:
-    return sum(slot_footprint(br, bc, d, dv, has_mask).values())
+def backward_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool, softcap: bool = False) -> int:
+    return sum(slot_footprint(br, bc, d, dv, has_mask, softcap).values())
 
 
-def backward_plan(nb, nq, nk, d, dv, sram, *, has_mask=False, causal=None, block=None) -> Plan:
+def backward_plan(nb, nq, nk, d, dv, sram, *, has_mask=False, causal=None, block=None, group=1,
+                  variants=None) -> Plan:
+    """``group``: query heads per KV head (GQA); ``variants``: recorded in ``details`` (a softcap adds
+    the ``dtanh_ij`` tile)."""
+    cap = bool((variants or {}).get("softcap"))
     bq, bk = plan_blocks(nq, nk, d, dv, sram, rule="kv_outer",
-                         footprint=lambda br, bc: backward_footprint(br, bc, d, dv, has_mask), block=block,
-                         what=f"flash_backward{' with mask' if has_mask else ''}")
+                         footprint=lambda br, bc: backward_footprint(br, bc, d, dv, has_mask, cap), block=block,
+                         what=f"flash_backward{' with mask' if has_mask else ''}{' with softcap' if cap else ''}")
     tr, tc = -(-nq // bq), -(-nk // bk)
     return Plan(kernel="flash_backward", blocks={"Br": bq, "Bc": bk}, tiles={"Tr": tr, "Tc": tc},
-                footprint=slot_footprint(bq, bk, d, dv, has_mask), M=sram.capacity, n_steps=nb * (tr + tr * tc),
-                step="per head: one pre-pass step per query block, then one (key block j, query block i) tile "
-                     "each (j outer)",
-                details={"variant": "fa2_backward", "causal": causal or "none", "masked": has_mask, "heads": nb})
+                footprint=slot_footprint(bq, bk, d, dv, has_mask, cap), M=sram.capacity,
+                n_steps=nb * (tr + tr * tc),
+                step="per KV head: one pre-pass step per (query head, query block), then one (key block j, "
+                     "query head, query block i) tile each (j outer)",
+                details={"variant": "fa2_backward", "causal": causal or "none", "masked": has_mask, "heads": nb,
+                         **(variants or {})})
 
 
 @numba.njit(cache=True)
@@ -196,16 +214,18 @@ def _probabilities(st, scale, lse_rows, neg):
 
 
 @numba.njit(cache=True)
-def _key_block(mem, dims, b, j, q, k, v, lse, do, mask, has_mask, scale, causal, off, bq, bk,
+def _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk,
                dq_out, hb, direct, dk, dv_, dh, st_dk, st_dv, info, compute):
-    """All tiles (j, i), i = 0..Tr-1, of key block j of head b (the main loop's body).
+    """All tiles (j, g, i) of key block j of KV head h: the group's query heads g (b = h*G + g), then
+    i = 0..Tr-1 (the main loop's body; G = 1 without GQA).
 
-    Each tile's dQ contribution ``t = scale dS K_j`` is added to ``dq_out[hb, rows]``
-    (``direct``: the HBM dQ, serial runs) or stored there (a per-task buffer that the
-    parallel driver adds to dQ afterwards in key-block order, so both drivers make
-    the same float additions in the same order). True if the run stopped.
+    Each tile's dQ contribution ``t = scale dS K_j`` is added to ``dq_out[b, rows]``
+    (``direct``: the HBM dQ, serial runs) or stored in ``dq_out[hb, g*Nq + rows]`` (a
+    per-task buffer that the parallel driver adds to dQ afterwards in key-block order, so
+    both drivers make the same float additions in the same order). True if the run stopped.
     """
     nb, nq, nk, d, dv = dims
+    group, lo, aoff, softcap, slopes = vt  # variants (refattn/kernels/variant_args.py)
     tr = (nq + bq - 1) // bq
     c0 = j * bk
     c1 = min(c0 + bk, nk)
@@ -216,6 +236,7 @@ def _key_block(mem, dims, b, j, q, k, v, lse, do, mask, has_mask, scale, causal,
     for t in range(bc):
         cols[t] = c0 + t
     s_buf = np.empty(nbq * nbc, dt)  # S^T, then P^T (bc, br)
+    t_buf = np.empty(nbq * nbc if softcap > 0 else 0, dt)  # the softcap's 1 - tanh^2 tile (bc, br)
     ds_buf = np.empty(nbq * nbc, dt)  # dS^T (bc, br), times scale
     dp_buf = np.empty(nbq * nbc, np.float64)  # dP^T (bc, br) in float64
     neg = np.empty(nbq, dt)
@@ -226,15 +247,19 @@ def _key_block(mem, dims, b, j, q, k, v, lse, do, mask, has_mask, scale, causal,
     dvj = np.zeros((nbc, dv), np.float64)
     vj64 = np.empty((nbc, dv), np.float64)
     if compute:
-        vj64[:] = v[b, c0:c1]
+        vj64[:] = v[h, c0:c1]
     hold(mem, T_DK, B_DK, c0, c1, 0, d)
     hold(mem, T_DV, B_DV, c0, c1, 0, dv)
-    kv_loaded = False
-    for i in range(tr):
+    kv_loaded = False  # K_j, V_j stay on chip for every query head of the group
+    for tile in range(group * tr):
+        g, i = tile // tr, tile % tr
+        b = h * group + g
+        if i == 0:
+            set_head(mem, b)
         r0 = i * bq
         r1 = min(r0 + bq, nq)
         br = r1 - r0
-        vis = enter_tile(mem, r0, r1, c0, c1, causal, off)
+        vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
         if vis != 0:
             kv_loaded = load_kv_once(mem, kv_loaded, B_K, B_V, c0, c1, d, dv)
             load(mem, T_Q, B_Q, r0, r1, 0, d)
@@ -245,12 +270,17 @@ def _key_block(mem, dims, b, j, q, k, v, lse, do, mask, has_mask, scale, causal,
             if has_mask:
                 load(mem, T_MASK, B_MASK, r0, r1, c0, c1)
             hold(mem, T_S, B_S, r0, r1, c0, c1)
+            if softcap > 0:
+                hold(mem, T_DT, B_DT, r0, r1, c0, c1)
             hold(mem, T_P, B_S, r0, r1, c0, c1)
             hold(mem, T_DP, B_DP, r0, r1, c0, c1)
             hold(mem, T_DS, B_DP, r0, r1, c0, c1)
             if compute:
-                qi, doi, kj = q[b, r0:r1], do[b, r0:r1], k[b, c0:c1]
-                st, eff = score_tile(qi, kj, bc, s_buf, scale, r0, cols, vis == 2, off, mask, has_mask, b)
+                qi, doi, kj = q[b, r0:r1], do[b, r0:r1], k[h, c0:c1]
+                st, eff = score_tile(qi, kj, bc, s_buf, scale, r0, cols, vis == 2, off, mask, has_mask, b,
+                                     lo, softcap, slopes[b], aoff)
+                if softcap > 0:  # before S becomes P: the cap's derivative, kept on chip
+                    dtanh = softcap_dtanh(st, t_buf, r0, cols, softcap, slopes[b], aoff)
                 _probabilities(st, eff, lse[b, r0:r1], neg[:br])  # P^T (bc, br)
                 np.dot(st, doi, tv)  # P^T dO_i
                 dvj += tv
@@ -261,23 +291,28 @@ def _key_block(mem, dims, b, j, q, k, v, lse, do, mask, has_mask, scale, causal,
                     for r in range(br):
                         x = dt.type(dpt[c, r])
                         ds[c, r] = scale * (st[c, r] * (x - dh[b, r0 + r]))  # scale * dS^T
+                if softcap > 0:
+                    for c in range(bc):
+                        for r in range(br):
+                            ds[c, r] *= dtanh[c, r]  # through the cap: * (1 - tanh^2)
                 tqi = tq[:br]
                 np.dot(ds.T, kj, tqi)  # scale * dS K_j
                 if direct:
-                    dq_out[hb, r0:r1] += tqi
+                    dq_out[b, r0:r1] += tqi
                 else:
-                    dq_out[hb, r0:r1] = tqi
+                    dq_out[hb, g * nq + r0:g * nq + r1] = tqi
                 np.dot(ds, qi, tk)  # scale * dS^T Q_i
                 dkj += tk
             store(mem, T_DQ, B_DQ, r0, r1, 0, d)
             count_flops(mem, 2 * br * bc * (3 * d + 2 * dv), br * bc)
-        if i == tr - 1:
+        last = tile == group * tr - 1
+        if last:  # dK_j, dV_j of the whole group, once per KV head
             if compute:
-                dk[b, c0:c1] = dkj.astype(dk.dtype)
-                dv_[b, c0:c1] = dvj.astype(dv_.dtype)
+                dk[h, c0:c1] = dkj.astype(dk.dtype)
+                dv_[h, c0:c1] = dvj.astype(dv_.dtype)
             store(mem, T_DK, B_DK, c0, c1, 0, d)
             store(mem, T_DV, B_DV, c0, c1, 0, dv)
-        if close_step(mem, info, 1, b, r0, r1, c0, c1, i == tr - 1):
+        if close_step(mem, info, 1, b, r0, r1, c0, c1, last):
             if compute:
                 st_dk[:bc] = dkj
                 st_dv[:bc] = dvj
@@ -286,23 +321,25 @@ def _key_block(mem, dims, b, j, q, k, v, lse, do, mask, has_mask, scale, causal,
 
 
 @numba.njit(cache=True)
-def _backward_serial(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, bk, dq, dk, dv_, dh,
-                     st_dk, st_dv, info, compute):
+def _backward_serial(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk, dq, dk, dv_,
+                     dh, st_dk, st_dv, info, compute):
     nb, nk = dims[0], dims[2]
+    group = vt[0]
     tc = (nk + bk - 1) // bk
-    for b in range(nb):
-        set_head(mem, b)
-        if _pre_pass(mem, dims, b, q, o, do, bq, dq, dh, info, compute):
-            return
+    for h in range(nb // group):  # KV head h and its query heads h*G .. h*G + G - 1
+        for b in range(h * group, h * group + group):
+            set_head(mem, b)
+            if _pre_pass(mem, dims, b, q, o, do, bq, dq, dh, info, compute):
+                return
         for j in range(tc):
-            if _key_block(mem, dims, b, j, q, k, v, lse, do, mask, has_mask, scale, causal, off, bq, bk,
-                          dq, b, True, dk, dv_, dh, st_dk, st_dv, info, compute):
+            if _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk,
+                          dq, 0, True, dk, dv_, dh, st_dk, st_dv, info, compute):
                 return
 
 
 @numba.njit(cache=True, parallel=True)
-def _backward_parallel(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, bq, bk, dq, dk, dv_, dh,
-                       st_dk, st_dv, info, compute, tasks, part):
+def _backward_parallel(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk, dq, dk, dv_,
+                       dh, st_dk, st_dv, info, compute, tasks, part):
     """The same tiles as :func:`_backward_serial`: the pre-passes, then one task per (head, key
     block) in waves of ``part.shape[0]`` tasks run in parallel (own counters, reduced in task
     order); after each wave the tasks' dQ contributions are added to dQ in key-block order."""
@@ -312,30 +349,32 @@ def _backward_parallel(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, ca
     for b in range(nb):
         set_head(mem, b)
         _pre_pass(mem, dims, b, q, o, do, bq, dq, dh, info, compute)
-    ntask = nb * tc
+    group, lo = vt[0], vt[1]
+    ntask = nb // group * tc  # one task per (KV head, key block)
     wave = part.shape[0]
     for w0 in range(0, ntask, wave):
         nw = min(wave, ntask - w0)
         for u in numba.prange(nw):
             t = w0 + balanced_order(u, nw)  # light and heavy causal key blocks on every thread
             tm = task_mem(tasks, t)
-            set_head(tm, t // tc)
-            _key_block(tm, dims, t // tc, t % tc, q, k, v, lse, do, mask, has_mask, scale, causal, off, bq, bk,
+            _key_block(tm, dims, t // tc, t % tc, q, k, v, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk,
                        part, t - w0, False, dk, dv_, dh, st_dk, st_dv, info, compute)
         if compute:
             for i in numba.prange(tr):  # dQ_i += contributions, key blocks in order
                 r0 = i * bq
                 r1 = min(r0 + bq, nq)
                 for u in range(nw):
-                    b, j = (w0 + u) // tc, (w0 + u) % tc
+                    h, j = (w0 + u) // tc, (w0 + u) % tc
                     c0 = j * bk
-                    if visibility(r0, r1, c0, min(c0 + bk, nk), causal, off) != 0:
-                        dq[b, r0:r1] += part[u, r0:r1]
+                    if visibility(r0, r1, c0, min(c0 + bk, nk), causal, off, lo) != 0:
+                        for g in range(group):
+                            dq[h * group + g, r0:r1] += part[u, g * nq + r0:g * nq + r1]
     reduce_tasks(mem, tasks)
 
 
 def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=None, block=None,
-                   trace=False, stop_after=None, count_only=False):
+                   trace=False, stop_after=None, count_only=False, num_kv_heads=None, window=None, softcap=None,
+                   alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None):
     """FlashAttention backward (see the module docstring). Returns a KernelResult with ``dq, dk, dv``.
 
     ``o`` and ``lse`` are the forward's outputs (any float dtype; cast to the
@@ -344,9 +383,13 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
     sets ``result.state`` (docs/contract.md; arrays ``dk_partial``, ``dv_partial``).
     ``count_only=True``: the same loop with the arithmetic skipped (same counts and
     trace, ``outputs`` empty, no (N, d) array allocated; docs/contract.md).
+    Variants as in :func:`refattn.kernels.flash.flash_forward` (docs/variants.md); with
+    ``num_kv_heads``, ``dk`` and ``dv`` are summed over each group on chip and have the shapes of k, v.
     """
     where = "flash_backward"
-    p = prepare(q, k, v, scale=scale, causal=causal, mask=mask, where=where, count_only=count_only)
+    p, kv = prepare_variants(q, k, v, scale=scale, causal=causal, mask=mask, num_kv_heads=num_kv_heads,
+                             window=window, softcap=softcap, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
+                             cu_seqlens_k=cu_seqlens_k, where=where, count_only=count_only)
     sram = memory.as_sram(sram)
     nb, nq, nk, d, dv = p.dims
     dt = p.q.dtype
@@ -361,30 +404,34 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
         o_f, do_f, lse_f = (np.zeros((1,) * (x.ndim - 1) + (x.shape[-1],), dt) if x.ndim == 3
                             else np.zeros((1, 1), dt) for x in (o_f, do_f, lse_f))
 
-    plan = backward_plan(nb, nq, nk, d, dv, sram, has_mask=p.has_mask, causal=p.causal, block=block)
+    plan = backward_plan(nb, nq, nk, d, dv, sram, has_mask=p.has_mask, causal=p.causal, block=block,
+                         group=kv.group, variants=kv.details)
+    group = kv.group
     plan.check_stop_after(stop_after)
     bq, bk, tr, tc = plan.blocks["Br"], plan.blocks["Bc"], plan.tiles["Tr"], plan.tiles["Tc"]
     warn_if_costly(where, plan, p, count_only=count_only, flops=2 * nb * nq * nk * (3 * d + 2 * dv))
 
     hb, hq, hk = (nb, nq, nk) if compute else (1, 1, 1)  # count-only: placeholders, never touched
     dq = np.zeros((hb, hq, d), dt)
-    dk = np.zeros((hb, hk, d), dt)
-    dvv = np.zeros((hb, hk, dv), dt)
+    hkv = nb // group if compute else 1  # one dK, dV per KV head
+    dk = np.zeros((hkv, hk, d), dt)
+    dvv = np.zeros((hkv, hk, dv), dt)
     dh = np.zeros((hb, hq), dt)  # D in HBM
     st_dk, st_dv, info = np.zeros((bk, d)), np.zeros((bk, dv)), np.zeros(6, np.int64)
-    ins = (readonly(x) for x in (p.q, p.k, p.v, o_f, lse_f, do_f, p.mask))
-    args = (p.dims, *ins, p.has_mask, dt.type(p.scale), p.causal_code, p.offset, bq, bk, dq, dk, dvv, dh,
+    ins = (readonly(x) for x in (p.q, kv.k, kv.v, o_f, lse_f, do_f, p.mask))
+    args = (p.dims, *ins, p.has_mask, dt.type(p.scale), kv.causal, kv.off, kv.vt(dt), bq, bk, dq, dk, dvv, dh,
             st_dk, st_dv, info, compute)
     traced = bool(trace) or stop_after is not None
 
     def call(mem):
-        if traced or not compute or nb * tc < 2 or nb * nq * nk * (d + dv) < PARALLEL_MIN_WORK:
+        ntask = nb // group * tc  # (KV head, key block) tasks
+        if traced or not compute or ntask < 2 or nb * nq * nk * (d + dv) < PARALLEL_MIN_WORK:
             _backward_serial(mem, *args)
         else:
             # tasks per wave: as many as WAVE_BYTES of dQ contributions hold (at least two per thread)
-            wave = min(nb * tc, max(2 * numba.get_num_threads(), WAVE_BYTES // (nq * d * dt.itemsize)))
-            part = np.empty((wave, hq, d), dt)  # per-task dQ contributions of one wave
-            _backward_parallel(mem, *args, new_tasks(nb * tc, sram.capacity), part)
+            wave = min(ntask, max(2 * numba.get_num_threads(), WAVE_BYTES // (group * nq * d * dt.itemsize)))
+            part = np.empty((wave, group * hq, d), dt)  # per-task dQ contributions of one wave (the group's)
+            _backward_parallel(mem, *args, new_tasks(ntask, sram.capacity), part)
 
     def state_fn(mem, trace_):
         n = int(info[5] - info[4])
@@ -393,5 +440,9 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
 
     estimate = nb * (tr * tc * 14 + tc * 8 + tr * 10)
     mem = run_with_trace(call, sram, trace=traced, trace_estimate=estimate, stop_after=stop_after)
-    outputs = grad_outputs(p, (np.shape(q), np.shape(k), np.shape(v)), dq=dq, dk=dk, dv=dvv) if compute else {}
+    outputs = {}
+    if compute:
+        outputs = grad_outputs(p, (np.shape(q),), dq=dq)
+        outputs.update(dk=unbroadcast(dk.reshape(kv.kv_lead + dk.shape[1:]), np.shape(k)),
+                       dv=unbroadcast(dvv.reshape(kv.kv_lead + dvv.shape[1:]), np.shape(v)))
     return finish(mem, sram, outputs, plan=plan, slot_names=BACKWARD_SLOTS, state_fn=state_fn)

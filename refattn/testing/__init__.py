@@ -28,7 +28,11 @@ A few lines test your own kernel against the float64 naive softmax::
 * :mod:`~refattn.testing.tolerance`: dtype-derived tolerances (the rule is in
   its docstring), overridable with :class:`Tolerance`.
 * :func:`from_torch`, :func:`from_jax`: adapters (lazy imports); ``torch_sdpa``
-  with ``TORCH_SDPA_CAPABILITIES``.
+  with ``TORCH_SDPA_CAPABILITIES`` and ``torch_flex`` (FlexAttention) with
+  ``TORCH_FLEX_CAPABILITIES``.
+* Variants (GQA, sliding window, softcap, ALiBi): declared with
+  ``Capabilities(variants=...)`` (:data:`VARIANT_KINDS`), drawn and checked
+  against the reference, nearby conventions named (:mod:`refattn.testing.variants`).
 * A pytest fixture: add ``pytest_plugins = ["refattn.testing.pytest_plugin"]``
   to your ``conftest.py`` and take ``attention_conformance`` as an argument.
 
@@ -36,7 +40,14 @@ This package imports **hypothesis** at import time (it is in refattn's
 ``[dev]`` extra: ``pip install 'refattn[dev]'`` or ``pip install hypothesis``).
 """
 
-from refattn.testing.adapters import TORCH_SDPA_CAPABILITIES, from_jax, from_torch, torch_sdpa
+from refattn.testing.adapters import (
+    TORCH_FLEX_CAPABILITIES,
+    TORCH_SDPA_CAPABILITIES,
+    from_jax,
+    from_torch,
+    torch_flex,
+    torch_sdpa,
+)
 from refattn.testing.check import DEFAULT_MAX_EXAMPLES, ConformanceError, assert_conforms, check_attention
 from refattn.testing.protocols import PROTOCOLS, plain_attention
 from refattn.testing.report import ConformanceReport, Failure, Semantics
@@ -54,10 +65,12 @@ from refattn.testing.strategies import (
     sizes,
 )
 from refattn.testing.tolerance import Tolerance
+from refattn.testing.variants import VARIANT_KINDS
 
 __all__ = [
     "Capabilities", "ConformanceError", "ConformanceReport", "DEFAULT_MAX_EXAMPLES", "DTYPES", "Failure",
     "MASK_KINDS", "PROTOCOLS", "Problem", "Semantics", "TORCH_SDPA_CAPABILITIES", "Tolerance", "VALUE_KINDS",
     "assert_conforms", "boundary_sizes", "check_attention", "from_jax", "from_torch", "head_dims", "leading_dims",
-    "make_problem", "plain_attention", "problems", "sizes", "torch_sdpa",
+    "make_problem", "plain_attention", "problems", "sizes", "torch_sdpa", "TORCH_FLEX_CAPABILITIES", "torch_flex",
+    "VARIANT_KINDS",
 ]

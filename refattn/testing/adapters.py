@@ -24,6 +24,7 @@ import importlib
 import numpy as np
 
 from refattn.index_set import IndexSet
+from refattn.testing import torch_kernels
 from refattn.testing.strategies import Capabilities, current_dtype
 
 
@@ -71,26 +72,26 @@ class _Torch(_Adapter):
         t = t.detach().cpu()
         return (t.to(torch.float32) if t.dtype == torch.bfloat16 else t).numpy()
 
-    def _call(self, q, k, v, causal, scale, mask, grad):
+    def _call(self, q, k, v, causal, scale, mask, grad, variants):
         torch = _need("torch")
         name = self._dtype_name(q)
         tq, tk, tv = (self._to(x, name, grad) for x in (q, k, v))
         m = _mask_array(mask)
         tm = None if m is None else torch.from_numpy(np.ascontiguousarray(m, dtype=bool))
-        out = self.fn(tq, tk, tv, causal=causal, scale=scale, mask=tm)
+        out = self.fn(tq, tk, tv, causal=causal, scale=scale, mask=tm, **variants)  # variants: as given
         return (tq, tk, tv), out
 
-    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None):
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, **variants):
         torch = _need("torch")
         with torch.no_grad():
-            _, out = self._call(q, k, v, causal, scale, mask, grad=False)
+            _, out = self._call(q, k, v, causal, scale, mask, False, variants)
         if isinstance(out, (tuple, list)):
             return tuple(self._back(t) for t in out)
         return self._back(out)
 
-    def backward(self, q, k, v, do, *, causal=False, scale=None, mask=None):
+    def backward(self, q, k, v, do, *, causal=False, scale=None, mask=None, **variants):
         """Gradients of ``sum(o * do)`` by torch autograd, as NumPy ``(dq, dk, dv)``."""
-        (tq, tk, tv), out = self._call(q, k, v, causal, scale, mask, grad=True)
+        (tq, tk, tv), out = self._call(q, k, v, causal, scale, mask, True, variants)
         o = out[0] if isinstance(out, (tuple, list)) else out
         tdo = self._to(do, self._dtype_name(q)).to(o.dtype)
         grads = _need("torch").autograd.grad(o, (tq, tk, tv), grad_outputs=tdo, allow_unused=True)
@@ -112,20 +113,20 @@ class _Jax(_Adapter):
         x = np.asarray(x.astype("float32") if str(x.dtype) == "bfloat16" else x)
         return x
 
-    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None):
+    def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, **variants):
         jq, jk, jv, jm, _ = self._prep(q, k, v, mask)
-        out = self.fn(jq, jk, jv, causal=causal, scale=scale, mask=jm)
+        out = self.fn(jq, jk, jv, causal=causal, scale=scale, mask=jm, **variants)
         if isinstance(out, (tuple, list)):
             return tuple(self._back(x) for x in out)
         return self._back(out)
 
-    def backward(self, q, k, v, do, *, causal=False, scale=None, mask=None):
+    def backward(self, q, k, v, do, *, causal=False, scale=None, mask=None, **variants):
         """Gradients of ``sum(o * do)`` by ``jax.vjp``, as NumPy ``(dq, dk, dv)``."""
         jax = _need("jax")
         jq, jk, jv, jm, name = self._prep(q, k, v, mask)
 
         def forward(a, b, c):
-            out = self.fn(a, b, c, causal=causal, scale=scale, mask=jm)
+            out = self.fn(a, b, c, causal=causal, scale=scale, mask=jm, **variants)
             return out[0] if isinstance(out, (tuple, list)) else out
 
         o, vjp = jax.vjp(forward, jq, jk, jv)
@@ -147,26 +148,9 @@ def from_jax(fn, *, dtype: str | None = None):
     return _Jax(fn, dtype)
 
 
-# ---------------------------------------------------------------- PyTorch SDPA, as it really is
-def _sdpa(q, k, v, *, causal=False, scale=None, mask=None):
-    """``torch.nn.functional.scaled_dot_product_attention`` in the kit's signature.
-
-    SDPA's ``is_causal`` is top-left aligned and cannot be combined with
-    ``attn_mask``: with both, the causal part is folded into the mask here,
-    top-left, exactly as ``is_causal`` would apply it. ``causal`` of any
-    alignment is passed on as ``is_causal=True``: the kit finds out which
-    alignment SDPA really uses.
-    """
-    torch = _need("torch")
-    F = torch.nn.functional
-    if causal and mask is not None:
-        nq, nk = q.shape[-2], k.shape[-2]
-        mask = mask & torch.ones(nq, nk, dtype=torch.bool).tril()
-        causal = False
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=bool(causal), scale=scale)
-
-
-#: torch's CPU SDPA: no lse, top-left causal only, boolean masks, autograd backward.
+# ---------------------------------------------------------------- PyTorch SDPA and FlexAttention, as they really are
+#: torch's CPU SDPA: no lse, top-left causal only (``is_causal``), boolean masks, autograd backward; GQA
+#: (``enable_gqa``), a sliding window and ALiBi written as SDPA masks (refattn.testing.torch_kernels).
 TORCH_SDPA_CAPABILITIES = Capabilities(
     dtypes=("float32", "float64"),
     causal=("top_left",),
@@ -174,8 +158,25 @@ TORCH_SDPA_CAPABILITIES = Capabilities(
     lse=False,
     backward=True,
     fully_masked_rows="zero",
+    variants=("gqa", "window", "alibi"),
 )
 
-torch_sdpa = from_torch(_sdpa)
+torch_sdpa = from_torch(torch_kernels.sdpa)
 torch_sdpa.__qualname__ = "torch.nn.functional.scaled_dot_product_attention"
 torch_sdpa.capabilities = TORCH_SDPA_CAPABILITIES  # read by `refattn conform refattn.testing:torch_sdpa`
+
+#: FlexAttention run eagerly on CPU: both causal alignments and every variant through score_mod / mask_mod;
+#: forward only (its eager backward is not supported), no lse.
+TORCH_FLEX_CAPABILITIES = Capabilities(
+    dtypes=("float32", "float64"),
+    causal=("bottom_right", "top_left"),
+    masks=("window", "random", "fully_masked_rows"),
+    lse=False,
+    backward=False,
+    fully_masked_rows="zero",
+    variants=("gqa", "window", "softcap", "alibi"),
+)
+
+torch_flex = from_torch(torch_kernels.flex)
+torch_flex.__qualname__ = "torch.nn.attention.flex_attention.flex_attention"
+torch_flex.capabilities = TORCH_FLEX_CAPABILITIES

@@ -44,6 +44,7 @@ from refattn.testing.diagnose import diagnose
 from refattn.testing.protocols import judge
 from refattn.testing.report import ConformanceReport, Failure
 from refattn.testing.strategies import Capabilities, Problem, current_dtype, numpy_dtype, problems
+from refattn.testing.variants import VARIANT_CONVENTIONS
 
 DEFAULT_MAX_EXAMPLES = 100
 GRADIENTS = ("dq", "dk", "dv")
@@ -72,7 +73,8 @@ def call_kwargs(p: Problem, cap: Capabilities):
         mask = p.index_set
     else:
         mask = None if p.mask is None else p.mask.copy()
-    return dict(causal=p.causal or False, scale=p.scale, mask=mask)
+    variants = {name: (np.array(x, copy=True) if isinstance(x, np.ndarray) else x) for name, x in p.variants.items()}
+    return dict(causal=p.causal or False, scale=p.scale, mask=mask, **variants)
 
 
 def call(fn, p: Problem, cap: Capabilities):
@@ -104,7 +106,15 @@ def _traceback(exc):
 
 
 def _reference(p: Problem):
-    return reference.attention(p.q, p.k, p.v, scale=p.scale, causal=p.causal or False, mask=p.mask)
+    return reference.attention(p.q, p.k, p.v, scale=p.scale, causal=p.causal or False, mask=p.mask, **p.variants)
+
+
+def tolerance_bounds(tolerance, p: Problem, scale):
+    """``(bounds of o, bounds of lse)`` for problem ``p`` (GQA's KV heads repeated; ALiBi widens the logits)."""
+    k, v = p.kv_per_query_head()
+    extra = p.bias_size()
+    return (tolmod.output_bounds(tolerance, p.dtype, p.q, k, v, scale, extra),
+            tolmod.lse_bounds(tolerance, p.dtype, p.q, k, scale, extra))
 
 
 def effective_scale(p: Problem) -> float:
@@ -273,8 +283,7 @@ class Run:
         o_ref, lse_ref = _reference(p)
         skip = p.fully_masked_rows() if cap.fully_masked_rows == "nan" else None
         scale = effective_scale(p)
-        bounds_o = tolmod.output_bounds(self.tolerance, p.dtype, p.q, p.k, p.v, scale)
-        bounds_lse = tolmod.lse_bounds(self.tolerance, p.dtype, p.q, p.k, scale)
+        bounds_o, bounds_lse = tolerance_bounds(self.tolerance, p, scale)
         self.report.verdicts.add(judge(p, o, o_ref, _ratio(o, o_ref, bounds_o, skip), skip), p)
         failure = compare(p, "o", o, o_ref, bounds_o, skip)
         if failure is None and lse is not None:
@@ -318,12 +327,15 @@ class Run:
         if not (isinstance(grads, (tuple, list)) and len(grads) == 3):
             return Failure(p, "shape", "dq", "the backward must return (dq, dk, dv)")
         refs = reference.attention_backward(p.q, p.k, p.v, p.do, scale=p.scale, causal=p.causal or False,
-                                            mask=p.mask)
+                                            mask=p.mask, **p.variants)
+        kq, vq = p.kv_per_query_head()
+        group = p.q.shape[-3] // p.k.shape[-3] if "num_kv_heads" in p.variants else 1
         for name, got, want in zip(GRADIENTS, grads, refs):
             got = np.asarray(got)
             if got.shape != want.shape:
                 return Failure(p, "shape", name, f"{name} has shape {got.shape}, expected {want.shape}")
-            bounds = tolmod.gradient_bounds(self.tolerance, p.dtype, name, p.q, p.k, p.v, p.do, scale)
+            bounds = tolmod.gradient_bounds(self.tolerance, p.dtype, name, p.q, kq, vq, p.do, scale, p.bias_size(),
+                                            group)
             failure = compare(p, name, got, want, bounds)
             if failure is not None:
                 return failure
@@ -405,7 +417,8 @@ def check_attention(fn, *, capabilities: Capabilities | dict | None = None, tole
 
 _SHEET_ROW = {"causal alignment": "causal alignment", "fully masked rows": "fully masked rows", "lse units": "returns",
               "scale ignored": "scale", "mask ignored": "masks", "mask inverted": "masks", "dtype": "dtypes",
-              "mutation": "inputs", "nondeterministic": "determinism"}
+              "mutation": "inputs", "nondeterministic": "determinism",
+              **{name: "variants" for name in VARIANT_CONVENTIONS}}
 
 
 def _establish(report: ConformanceReport):

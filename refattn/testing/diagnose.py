@@ -14,18 +14,24 @@ was ruled out. The conventions checked, in order:
   in place of -inf: named as a hint, never as a convention.
 * **causal alignment** (Nq != Nk): the output is the other alignment's.
 * **lse units**: lse is in base-2 logarithms.
-* **scale ignored**, **mask ignored**, **mask inverted**.
+* **scale ignored**, **mask ignored**, **mask inverted**;
+* for problems with variants (GQA, window, softcap, ALiBi), first the nearby
+  conventions of :func:`refattn.testing.variants.alternatives` (window bounds
+  exclusive or top-left aligned, softcap ignored or 0 read as a cap of zero,
+  ALiBi sign or alignment, GQA head mapping), each confirmed on a probe with
+  the same shapes and variants and fresh values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from refattn import reference
-from refattn.testing import tolerance as tolmod
-from refattn.testing.strategies import Problem, make_problem
+from refattn.testing.strategies import Problem, make_problem, make_values
+from refattn.testing.variants import alternatives
 
 RULES = {"bottom_right": "j <= i + Nk - Nq, FlashAttention >= 2.1", "top_left": "j <= i, PyTorch is_causal"}
 
@@ -34,13 +40,13 @@ def _ref(p: Problem, causal="same", scale="same", mask="same"):
     causal = p.causal if causal == "same" else causal
     scale = p.scale if scale == "same" else scale
     mask = p.mask if isinstance(mask, str) and mask == "same" else mask
-    return reference.attention(p.q, p.k, p.v, scale=scale, causal=causal or False, mask=mask)
+    return reference.attention(p.q, p.k, p.v, scale=scale, causal=causal or False, mask=mask, **p.variants)
 
 
 def _bounds(run, p: Problem):
-    scale = 1.0 / math.sqrt(p.d) if p.scale is None else p.scale
-    return (tolmod.output_bounds(run.tolerance, p.dtype, p.q, p.k, p.v, scale),
-            tolmod.lse_bounds(run.tolerance, p.dtype, p.q, p.k, scale))
+    from refattn.testing.check import tolerance_bounds
+
+    return tolerance_bounds(run.tolerance, p, 1.0 / math.sqrt(p.d) if p.scale is None else p.scale)
 
 
 def _outputs(run, p: Problem):
@@ -110,12 +116,60 @@ def _not_a_convention(failure, what, why):
     return failure
 
 
+def _variant_probe(run, p: Problem) -> Problem:
+    """``p`` with fresh normal values, at least 7 x 11 (no boolean mask then), and a window bounded on
+    both sides.
+
+    (With one side unbounded, or a single key, a kernel whose bounds are both off by one looks exactly
+    like one with a single bound exclusive; a bounded window on a bigger problem tells them apart.)"""
+    seed = (p.seed + 7919) % 2**32
+    nq, nk = max(p.nq, _clip(run, 7)), max(p.nk, _clip(run, 11))
+    mask = p.mask if (nq, nk) == (p.nq, p.nk) else None
+    q, k, v, do = make_values(seed, p.dtype, p.lead, nq, nk, p.d, p.dv, "normal", p.scale)
+    hkv = p.variants.get("num_kv_heads")
+    if hkv is not None:
+        k, v = (np.ascontiguousarray(x[..., :hkv, :, :]) for x in (k, v))
+    variants = dict(p.variants)
+    if "window" in variants:
+        variants["window"] = tuple(2 if side is None or side < 0 else side for side in variants["window"])
+    return dataclasses.replace(p, q=q, k=k, v=v, do=do, values="normal", seed=seed, variants=variants, mask=mask,
+                               mask_kind=p.mask_kind if mask is not None else ("causal" if p.causal else "none"),
+                               index_set=None if mask is None else p.index_set)
+
+
+def _variant_conventions(run, p: Problem, failure, o):
+    """Name a variant convention (window bounds, softcap, ALiBi, GQA mapping) the kernel really follows."""
+    from refattn.testing.check import matches
+
+    skip = p.fully_masked_rows() if run.cap.fully_masked_rows == "nan" else None
+    base = lambda x: dict(scale=x.scale, causal=x.causal or False, mask=x.mask)
+    bounds_o, _ = _bounds(run, p)
+    for name, text, (o_alt, _) in alternatives(p.q, p.k, p.v, base(p), p.variants):
+        if not matches(o, o_alt, bounds_o, skip):
+            continue
+        probe = _variant_probe(run, p)
+        got = _outputs(run, probe)
+        alt = dict((n, out) for n, _, out in alternatives(probe.q, probe.k, probe.v, base(probe), probe.variants))
+        probe_skip = probe.fully_masked_rows() if skip is not None else None
+        if got is not None and name in alt and matches(got[0], alt[name][0], _bounds(run, probe)[0], probe_skip):
+            return _name(failure, name, f"convention difference, {name}: {text}. Seen on this example and on a "
+                                        f"probe with fresh values; refattn's conventions and their sources are in "
+                                        f"docs/variants.md.")
+        why = "the kernel did not run on the probe" if got is None else f"on the probe {probe.describe()} it does not"
+        return _not_a_convention(failure, f"what '{name}' gives", why)
+    return None
+
+
 def diagnose(run, p: Problem, failure, o, lse):
     """Name a known convention difference behind ``failure`` when the kernel really follows it."""
     from refattn.testing.check import matches
 
     if failure.kind not in ("mismatch", "nonfinite"):
         return failure
+    if p.variants:
+        named = _variant_conventions(run, p, failure, np.asarray(o, np.float64))
+        if named is not None:
+            return named
     cap = run.cap
     o = np.asarray(o, np.float64)
     lse = None if lse is None else np.asarray(lse, np.float64)

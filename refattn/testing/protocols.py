@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refattn.testing.strategies import Problem, cast
+from refattn.variants import alibi_bias
 
 FLEX_FUDGE = {"float16": 1.1, "bfloat16": 1.1, "float32": 10.0, "float64": 10.0}
 FLEX_ATOL = 1e-7
@@ -49,14 +50,20 @@ def _scale(p: Problem) -> float:
     return 1.0 / math.sqrt(p.d) if p.scale is None else p.scale
 
 
-def _naive(q, k, v, keep, scale, work, round_to=None):
-    """Naive attention in arithmetic ``work``; ``round_to``: round scores, probabilities and output to that dtype."""
+def _naive(q, k, v, keep, scale, work, round_to=None, softcap=None, bias=None):
+    """Naive attention in arithmetic ``work``; ``round_to``: round scores, probabilities and output to that dtype.
+
+    ``softcap`` and ``bias`` (ALiBi) as in docs/variants.md: cap, then bias, then the mask."""
     r = (lambda x: cast(x, round_to).astype(work)) if round_to else (lambda x: x)
     q, k, v = (np.asarray(x, work) for x in (q, k, v))
     if round_to:  # the plain implementation: scale q first (FlashAttention's reordered reference)
         s = r(r(q * work(scale)) @ np.swapaxes(k, -1, -2))
     else:
         s = (q @ np.swapaxes(k, -1, -2)) * work(scale)
+    if softcap:
+        s = r((work(softcap) * np.tanh(s / work(softcap))).astype(work))
+    if bias is not None:
+        s = r((s + np.asarray(bias, work)).astype(work))
     s = np.where(keep, s, -np.inf)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         m = np.max(s, axis=-1, keepdims=True)
@@ -68,16 +75,26 @@ def _naive(q, k, v, keep, scale, work, round_to=None):
     return np.asarray(o, np.float64)
 
 
+def _inputs(p: Problem):
+    """``(q, k, v, keep, scale)`` and the variant keywords of :func:`_naive` (GQA's KV heads repeated)."""
+    k, v = p.kv_per_query_head()
+    slopes = p.variants.get("alibi_slopes")
+    bias = None if slopes is None else alibi_bias(slopes, p.nq, p.nk)
+    return (p.q, k, v, p.keep(), _scale(p)), dict(softcap=p.variants.get("softcap") or None, bias=bias)
+
+
 def plain_attention(p: Problem) -> np.ndarray:
     """``o`` as a plain implementation in the problem's dtype computes it (fully masked rows: 0)."""
     work = np.float64 if p.dtype == "float64" else np.float32
-    return _naive(p.q, p.k, p.v, p.keep(), _scale(p), work, round_to=None if p.dtype == "float64" else p.dtype)
+    args, kw = _inputs(p)
+    return _naive(*args, work, round_to=None if p.dtype == "float64" else p.dtype, **kw)
 
 
 def upcast_reference(p: Problem, golden: np.ndarray) -> np.ndarray:
     """FlashAttention's ``ref``: computed in float32 (float64 for 32/64-bit inputs), cast to the dtype."""
     if p.dtype in ("float16", "bfloat16"):
-        ref = _naive(p.q, p.k, p.v, p.keep(), _scale(p), np.float32)
+        args, kw = _inputs(p)
+        ref = _naive(*args, np.float32, **kw)
     else:
         ref = golden
     return cast(ref, p.dtype).astype(np.float64)

@@ -47,6 +47,7 @@ class Semantics:
     unchanged_inputs: int = 0
     gradients: int = 0
     masks: int = 0
+    variants: Counter = field(default_factory=Counter)  # variant keyword -> draws that used it
     established: dict = field(default_factory=dict)  # subject -> a finding from a failure's diagnosis
 
     def record(self, p: Problem, lse_checked: bool, repeated: bool, gradients: bool, empty_rows: bool):
@@ -63,6 +64,8 @@ class Semantics:
         self.deterministic += bool(repeated)
         self.gradients += bool(gradients)
         self.masks += p.mask is not None
+        for name in p.variants:
+            self.variants[name] += 1
 
     def _size_text(self):
         if not self.sizes["nq"]:
@@ -98,6 +101,9 @@ class Semantics:
         rows.append(("scale", est.get("scale", scale)))
         if cap.masks or "masks" in est:
             rows.append(("masks", est.get("masks", f"boolean keep-mask, True = attend ({self.masks} draws)")))
+        if cap.variants or "variants" in est:
+            seen = "; ".join(f"{name} ({n} draws)" for name, n in sorted(self.variants.items())) or "none drawn"
+            rows.append(("variants", est.get("variants", f"refattn's conventions (docs/variants.md): {seen}")))
         dt = "; ".join(f"{k} -> o {o}" + (f", lse {lse}" if lse else "") for k, (o, lse) in self.dtypes.items())
         rows.append(("dtypes", est.get("dtypes", dt or "not seen")))
         rows.append(("sizes", self._size_text()))

@@ -59,6 +59,9 @@ from hypothesis import strategies as st
 
 from refattn.index_set import IndexSet
 from refattn.reference import combined_mask
+from refattn.testing.variants import VARIANT_KINDS
+from refattn.testing.variants import describe as describe_variants
+from refattn.variants import alibi_bias, expand_kv
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
@@ -79,7 +82,8 @@ WORK_BUDGET = 6_000_000
 current_dtype: ContextVar[str | None] = ContextVar("refattn_testing_dtype", default=None)
 
 # Allowed values of the tuple-valued capabilities (a new one: add it here and as a field).
-_CHOICES = {"dtypes": DTYPES, "causal": CAUSAL_ALIGNMENTS, "masks": MASK_KINDS[2:], "values": VALUE_KINDS}
+_CHOICES = {"dtypes": DTYPES, "causal": CAUSAL_ALIGNMENTS, "masks": MASK_KINDS[2:], "values": VALUE_KINDS,
+            "variants": VARIANT_KINDS}
 _OPTIONAL_BOOLS = ("lse", "backward")
 
 
@@ -115,6 +119,9 @@ class Capabilities:
       whether those may differ.
     * ``values``: value stresses that may be drawn (of :data:`VALUE_KINDS`;
       leave out ``normal`` to always have at least one stress).
+    * ``variants``: attention variants the kernel takes as keyword arguments
+      (of ``gqa``, ``window``, ``softcap``, ``alibi``; docs/variants.md and
+      :mod:`refattn.testing.variants`). Default: none, and none is ever passed.
 
     Adding a capability (issue 17's variants, say) is adding a field with a
     default that keeps today's behaviour; JSON and validation pick it up.
@@ -139,6 +146,7 @@ class Capabilities:
     nq_ne_nk: bool = True
     dv_ne_d: bool = True
     values: tuple = VALUE_KINDS
+    variants: tuple = ()
 
     def __post_init__(self):
         for name, allowed in _CHOICES.items():
@@ -208,6 +216,7 @@ class Problem:
     seed: int
     index_set: IndexSet | None = None
     notes: list = field(default_factory=list)
+    variants: dict = field(default_factory=dict)  # keyword arguments of the drawn variants
 
     @property
     def nq(self):
@@ -231,13 +240,28 @@ class Problem:
 
     def keep(self) -> np.ndarray:
         """The full keep-mask, shape ``(*lead, Nq, Nk)``."""
-        m = combined_mask(self.nq, self.nk, self.causal or False, self.mask)
+        m = combined_mask(self.nq, self.nk, self.causal or False, self.mask, window=self.variants.get("window"))
         shape = self.lead + (self.nq, self.nk)
         return np.ones(shape, bool) if m is None else np.broadcast_to(m, shape)
 
     def fully_masked_rows(self) -> np.ndarray:
         """Boolean ``(*lead, Nq)``: rows with no visible key."""
         return ~self.keep().any(axis=-1)
+
+    def kv_per_query_head(self):
+        """``(k, v)`` with the KV heads repeated for their query heads (GQA), for tolerances and probes."""
+        hkv = self.variants.get("num_kv_heads")
+        if hkv is None:
+            return self.k, self.v
+        hq = self.q.shape[-3]
+        return expand_kv(self.k, hq), expand_kv(self.v, hq)
+
+    def bias_size(self) -> float:
+        """The largest |ALiBi bias| of the problem (it widens the logits' range), 0 without ALiBi."""
+        slopes = self.variants.get("alibi_slopes")
+        if slopes is None:
+            return 0.0
+        return float(np.max(np.abs(alibi_bias(slopes, self.nq, self.nk)), initial=0.0))
 
     def mask_description(self) -> str:
         parts = []
@@ -255,8 +279,11 @@ class Problem:
 
     def describe(self) -> str:
         scale = "default 1/sqrt(d)" if self.scale is None else f"{self.scale:g}"
-        return (f"{self.dtype} q{self.q.shape} k{self.k.shape} v{self.v.shape}, mask: {self.mask_description()}, "
+        text = (f"{self.dtype} q{self.q.shape} k{self.k.shape} v{self.v.shape}, mask: {self.mask_description()}, "
                 f"values: {self.values} (seed {self.seed}), scale {scale}")
+        if self.variants:
+            text += f", variants: {describe_variants(self.variants)}"
+        return text
 
 
 # ---------------------------------------------------------------- dtype helpers
@@ -461,6 +488,10 @@ def problems(draw, capabilities: Capabilities | None = None):
     scale = draw(pick([None, None, 0.3, 2.0])) if cap.scale else None  # the default, half the time
     seed = draw(st.integers(0, 2**32 - 1))
     no_empty = cap.fully_masked_rows == "unsupported"
+    chosen = [kind for kind in cap.variants if draw(st.booleans())]  # each declared variant, half the time
+    if "gqa" in chosen and cap.max_lead >= 1:  # a head axis with a proper divisor: 2, 3, 4 or 6 query heads
+        hq = draw(pick([h for h in (2, 4, 3, 6) if h <= max(2, heads)]))
+        lead = (lead[:1] if len(lead) == 2 and cap.max_lead == 2 else ()) + (hq,)
 
     causal = None
     if mask_kind == "causal" or (mask_kind not in ("none", "causal") and cap.causal and cap.causal_with_mask
@@ -496,4 +527,32 @@ def problems(draw, capabilities: Capabilities | None = None):
         mask = index_set.to_mask(causal=causal or False)
     if no_empty and mask is not None and mask_kind != "index_set":
         mask = _repair_rows(mask, nq, nk, causal)
-    return Problem(q, k, v, do, dtype, causal, mask, mask_kind, values, scale, seed, index_set, notes)
+    variants = {}
+    if chosen:
+        variants = draw(variant_arguments(chosen, lead, nq, nk))
+        if "num_kv_heads" in variants:
+            hkv = variants["num_kv_heads"]
+            k, v = (np.ascontiguousarray(x[..., :hkv, :, :]) for x in (k, v))
+        if no_empty and "window" in variants and (~combined_mask(
+                nq, nk, causal or False, mask, window=variants["window"]).any(-1)).any():
+            del variants["window"]  # this window would leave a row with no key
+    return Problem(q, k, v, do, dtype, causal, mask, mask_kind, values, scale, seed, index_set, notes, variants)
+
+
+@st.composite
+def variant_arguments(draw, kinds, lead, nq, nk):
+    """The keyword arguments of the variants in ``kinds`` (refattn's names; docs/variants.md)."""
+    out = {}
+    if "gqa" in kinds and lead and lead[-1] > 1:
+        hq = lead[-1]
+        out["num_kv_heads"] = draw(pick([g for g in range(1, hq) if hq % g == 0]))
+    if "window" in kinds:
+        side = pick([-1, 0, 1, 2, max(1, nk // 4), max(1, nk // 2), nk])
+        out["window"] = (draw(side), draw(side))
+    if "softcap" in kinds:
+        out["softcap"] = draw(pick([0.0, 0.5, 2.0, 10.0]))  # 0 means off
+    if "alibi" in kinds:
+        heads = lead[-1] if lead else 1
+        slopes = 2.0 ** (-8.0 * (np.arange(heads) + 1) / heads)  # the ALiBi paper's geometric slopes
+        out["alibi_slopes"] = slopes * draw(pick([1.0, 0.1, 4.0])) if lead else np.float64(0.5)
+    return out

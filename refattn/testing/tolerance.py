@@ -111,18 +111,19 @@ def _bounds(tol: Tolerance, eps: float, growth: float, magnitude: float, what: s
     return Bounds(atol, rtol, rule + (f", rtol = {rtol:.3g}" if rtol else ""))
 
 
-def output_bounds(tolerance, dtype_name, q, k, v, scale) -> Bounds:
+def output_bounds(tolerance, dtype_name, q, k, v, scale, extra=0.0) -> Bounds:
+    """``extra``: a score bias's size (ALiBi), added to ``L``."""
     tol, eps = resolve(tolerance, dtype_name), eps_of(dtype_name)
     nk = np.shape(k)[-2]
-    L = logit_condition(q, k, scale)
+    L = logit_condition(q, k, scale) + extra
     vmax = float(np.max(np.abs(np.asarray(v, np.float64)))) if np.size(v) else 0.0
     return _bounds(tol, eps, 1.0 + L + math.sqrt(nk), max(vmax, np.finfo(np.float64).tiny), "o")
 
 
-def lse_bounds(tolerance, dtype_name, q, k, scale) -> Bounds:
+def lse_bounds(tolerance, dtype_name, q, k, scale, extra=0.0) -> Bounds:
     tol, eps = resolve(tolerance, dtype_name), eps_of(dtype_name)
     nk = np.shape(k)[-2]
-    L = logit_condition(q, k, scale)
+    L = logit_condition(q, k, scale) + extra
     return _bounds(tol, eps, 1.0 + L + math.log1p(nk), 1.0, "lse", rtol_default=tol.c * eps)
 
 
@@ -140,8 +141,10 @@ def gradient_scale(name, q, k, v, do, scale) -> float:
     raise ValueError(f"unknown gradient {name!r}")
 
 
-def gradient_bounds(tolerance, dtype_name, name, q, k, v, do, scale) -> Bounds:
+def gradient_bounds(tolerance, dtype_name, name, q, k, v, do, scale, extra=0.0, group=1) -> Bounds:
+    """``extra`` as in :func:`output_bounds`; ``group``: query heads summed into each KV head's dk, dv (GQA)."""
     tol, eps = resolve(tolerance, dtype_name), eps_of(dtype_name)
     n = max(np.shape(q)[-2], np.shape(k)[-2])
-    L = logit_condition(q, k, scale)
-    return _bounds(tol, eps, 1.0 + L + math.sqrt(n), gradient_scale(name, q, k, v, do, scale), name)
+    L = logit_condition(q, k, scale) + extra
+    size = gradient_scale(name, q, k, v, do, scale) * (group if name in ("dk", "dv") else 1)
+    return _bounds(tol, eps, 1.0 + L + math.sqrt(n), size, name)

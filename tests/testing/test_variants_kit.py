@@ -1,0 +1,114 @@
+"""The kit with attention variants (docs/variants.md): torch's SDPA and FlexAttention pass through their
+adapters; planted variant bugs are caught, and named only when they follow another documented convention."""
+
+import numpy as np
+import pytest
+
+from refattn.testing import Capabilities, check_attention
+from tests.optional import require
+
+VARIANTS = ("gqa", "window", "softcap", "alibi")
+CAP = Capabilities(dtypes=("float64", "float32"), max_n=48, max_d=16, variants=VARIANTS, backward=False)
+
+
+def numpy_variants(q, k, v, *, causal=False, scale=None, mask=None, num_kv_heads=None, window=None, softcap=None,
+                   alibi_slopes=None, bug=None):
+    """Attention with the variants, written from docs/variants.md; ``bug`` plants one realistic mistake."""
+    dt = q.dtype
+    nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    if num_kv_heads is not None:
+        group = q.shape[-3] // num_kv_heads
+        if bug == "gqa_modulo":  # head h reads KV head h % Hkv
+            k, v = (np.concatenate([x] * group, axis=-3) for x in (k, v))
+        else:  # head h reads KV head h // group
+            k, v = (np.repeat(x, group, axis=-3) for x in (k, v))
+    scale = 1 / np.sqrt(d) if scale is None else scale
+    s = (q @ np.swapaxes(k, -1, -2)).astype(np.float64) * scale
+    i = np.arange(nq)[:, None] + nk - nq  # the query's place on the key axis (bottom-right)
+    j = np.arange(nk)[None, :]
+    keep = np.ones((nq, nk), bool)
+    if causal:
+        keep &= j <= (i if causal == "bottom_right" else np.arange(nq)[:, None])
+    if window is not None:
+        left, right = (-1 if x is None else x for x in window)
+        shift = 1 if bug == "window_shifted" else 0
+        if left >= 0:
+            keep &= (j > i - left) if bug == "window_off_by_one" else (j >= i - left - shift)
+        if right >= 0:
+            keep &= j <= i + right - shift
+    if mask is not None:
+        keep = keep & mask
+    if softcap is not None and bug == "softcap_zero":
+        s = softcap * np.tanh(s / softcap) if softcap > 0 else 0 * s
+    elif softcap and bug != "softcap_after_mask":
+        s = softcap * np.tanh(s / softcap)
+    if alibi_slopes is not None:
+        sign = -1 if bug == "alibi_sign" else 1
+        s = s - sign * np.asarray(alibi_slopes)[..., None, None] * np.abs(i - j)
+    s = np.where(keep, s, -np.inf)
+    if softcap and bug == "softcap_after_mask":  # the cap turns -inf into -softcap
+        s = softcap * np.tanh(s / softcap)
+    m = s.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    p = np.exp(s - m)
+    total = p.sum(-1, keepdims=True)
+    p = np.where(total > 0, p / np.where(total > 0, total, 1), 0)
+    return (p @ v.astype(np.float64)).astype(dt)
+
+
+def test_a_correct_kernel_with_every_variant_passes():
+    report = check_attention(numpy_variants, capabilities=CAP, max_examples=60, seed=1)
+    assert report.failure is None
+    assert "variants" in str(report) and "num_kv_heads" in str(report)
+
+
+@pytest.mark.parametrize("bug,convention", [
+    ("window_off_by_one", "window exclusive left bound"),
+    ("window_shifted", None),  # one off on both edges: no documented convention
+    ("softcap_after_mask", None),  # a bug, not a convention: hidden keys come back at -softcap
+    ("softcap_zero", "softcap 0 read as a cap of zero"),
+    ("alibi_sign", "ALiBi sign"),
+    ("gqa_modulo", "GQA head mapping"),
+])
+def test_planted_variant_bugs_are_caught_and_named_only_when_they_follow_a_convention(bug, convention):
+    def kernel(q, k, v, **kw):
+        return numpy_variants(q, k, v, bug=bug, **kw)
+
+    report = check_attention(kernel, capabilities=CAP, max_examples=100, seed=2, raise_on_failure=False)
+    assert report.failure is not None, f"{bug} was not caught"
+    assert report.failure.convention == convention, (bug, report.failure.convention, str(report))
+    if convention is None:  # a plain mismatch (perhaps saying which convention it was ruled out from)
+        assert not report.failure.message.startswith("convention difference")
+
+
+def test_variants_are_only_passed_to_kernels_that_declare_them():
+    seen = set()
+
+    def kernel(q, k, v, *, causal, scale, mask, **rest):
+        seen.update(rest)
+        return numpy_variants(q, k, v, causal=causal, scale=scale, mask=mask, **rest)
+
+    check_attention(kernel, capabilities=Capabilities(dtypes=("float64",), max_n=24), max_examples=20, seed=3)
+    assert not seen
+    check_attention(kernel, capabilities=Capabilities(dtypes=("float64",), max_n=24, variants=("window",)),
+                    max_examples=20, seed=3)
+    assert seen == {"window"}
+
+
+def test_torch_sdpa_passes_with_gqa_and_a_sliding_window():
+    require("torch")
+    from refattn.testing import TORCH_SDPA_CAPABILITIES, torch_sdpa
+
+    assert {"gqa", "window"} <= set(TORCH_SDPA_CAPABILITIES.variants)
+    report = check_attention(torch_sdpa, capabilities=TORCH_SDPA_CAPABILITIES, max_examples=40, seed=4)
+    assert report.failure is None
+    assert report.semantics.variants["num_kv_heads"] > 0 and report.semantics.variants["window"] > 0
+
+
+def test_torch_flex_attention_passes_with_every_variant():
+    require("torch")
+    from refattn.testing import TORCH_FLEX_CAPABILITIES, torch_flex
+
+    report = check_attention(torch_flex, capabilities=TORCH_FLEX_CAPABILITIES, max_examples=20, seed=5)
+    assert report.failure is None
+    assert set(report.semantics.variants) == {"num_kv_heads", "window", "softcap", "alibi_slopes"}
