@@ -42,12 +42,10 @@ D = 64
 #: refattn / torch at N = 4096, d = 64, float32, 2 cores (``taskset -c 0,1``), measured by this table
 #: (issue 14; docs/speed.md). Printed as the closing note of the wall-time table.
 MEASURED = {
-    "the GPU host's CPU (Intel Xeon, torch 2.11.0+cu130, idle; its torch is slow there: 26 GFLOP/s at "
-    "N = 16384)": "forward 0.33x, causal 0.37x; forward + backward 0.69x, causal 0.65x",
-    "the developers' machine (Xeon Sapphire Rapids, torch 2.13.0+cpu) shared with other jobs (load 3-4), "
-    "best of 7 interleaved runs": "forward 1.97x, causal 1.34x; forward + backward 0.78x, causal 1.01x",
-    "the developers' machine, one thread each, CPU time (robust to the load)": "forward about 1.4-1.7x "
-    "(48-60 ms vs 34 ms), causal 1.5-1.7x (28-32 ms vs 18.8 ms)",
+    "the developers' machine (Xeon Sapphire Rapids, torch 2.13.0+cpu, idle, load 1.2; torch imported before "
+    "Numba's pool)": "N = 4096, d = 64: forward 1.86x (34.9 vs 18.8 ms), causal 1.30x; forward + backward 1.49x, "
+    "causal 1.36x. Earlier runs that imported torch after Numba's pool had started slowed torch 4-7x and "
+    "reported ratios near 0.3x: discard them",
 }
 
 
@@ -109,8 +107,13 @@ def wall_time(quick: bool) -> Table:
 
     sizes = [256, 512] if quick else [1024, 4096, 16384]
     dims = [32] if quick else [64, 128]
-    nthreads = numba.get_num_threads()
+    # torch first: once Numba has started its OpenMP pool (numba.get_num_threads() or a parallel kernel
+    # starts it), a torch imported afterwards ran its CPU SDPA 4-7x slower here (18 ms -> 81-124 ms at
+    # N = 4096, d = 64), which would flatter refattn's ratios. docs/speed.md, "torch beside Numba".
     tt = _torch()
+    if tt is not None:
+        tt[0].set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    nthreads = numba.get_num_threads()
     table = Table(f"dense wall time (ms), refattn vs torch CPU SDPA, float32, one head, {nthreads} threads",
                   ["pass", "causal", "N", "d", "refattn ms", "torch ms", "refattn / torch"])
     rng = np.random.default_rng(0)
@@ -122,7 +125,6 @@ def wall_time(quick: bool) -> Table:
             flash_backward(w[0], w[1], w[2], f.o, f.lse, w[3], sram="a100", causal=causal)
     if tt is not None:
         torch, F = tt
-        torch.set_num_threads(nthreads)
     cases = [(d, n, causal, pas) for n in sizes for d in dims for causal in (False, True)
              for pas in ("forward", "forward + backward")]
     goal = {}

@@ -121,3 +121,32 @@ def test_costly_standard_run_warns_before_allocating():
             standard_forward(q, q, q, sram="a100")
         r = standard_forward(q, q, q, sram="a100", count_only=True)  # no arrays, no warning
     assert r.outputs == {} and r.traffic.total > 2 * 16384 ** 2
+
+
+TORCH_FIRST = textwrap.dedent("""
+    import numba.np.ufunc.parallel as pool
+    from refattn.bench import dense
+
+    seen = []
+    real_torch = dense._torch
+
+    def spy():
+        seen.append(pool._is_initialized)  # has Numba started its thread pool when torch is imported?
+        return real_torch()
+
+    dense._torch = spy
+    dense.wall_time(quick=True)
+    print("numba pool started before torch:", seen)
+""")
+
+
+def test_bench_imports_torch_before_numba_starts_its_threads():
+    """A torch imported after Numba's OpenMP pool started ran its CPU SDPA 4-7x slower (measured: 18 ms ->
+    81-124 ms at N = 4096, d = 64), which made `refattn bench dense` report ratios in refattn's favour."""
+    from tests.optional import require
+
+    require("torch")
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")
+    run = subprocess.run([sys.executable, "-c", TORCH_FIRST], capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "numba pool started before torch: [False]" in run.stdout, run.stdout[-2000:]
