@@ -82,12 +82,18 @@ def check_attention_inputs(q, k, v, *, mask=None, causal=False, where="attention
         if mask.dtype != np.bool_:
             raise TypeError(f"{where}: mask must be boolean (True = keep), got dtype {mask.dtype}")
         target = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-2])
-        try:
-            if np.broadcast_shapes(mask.shape, target) != target:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"{where}: mask shape {mask.shape} does not broadcast to {target}") from None
+        if not broadcasts_to(mask.shape, target):
+            raise ValueError(f"{where}: mask shape {mask.shape} does not broadcast to {target}")
     return q, k, v
+
+
+def broadcasts_to(shape, target) -> bool:
+    """True if an array of ``shape`` broadcasts to exactly ``target`` (masks, biases, per-head slopes)."""
+    target = tuple(target)
+    try:
+        return np.broadcast_shapes(tuple(shape), target) == target
+    except ValueError:
+        return False
 
 
 def unbroadcast(g, shape):

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refattn.validation import broadcasts_to
+
 __all__ = [
     "Variants",
     "alibi_bias",
@@ -170,11 +172,7 @@ def _check_alibi(slopes, lead, where):
     a = a.astype(np.float64)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{where}: alibi_slopes contains NaN or Inf")
-    try:
-        ok = np.broadcast_shapes(a.shape, lead) == tuple(lead)
-    except ValueError:
-        ok = False
-    if not ok:
+    if not broadcasts_to(a.shape, lead):
         raise ValueError(f"{where}: alibi_slopes shape {a.shape} does not broadcast to the leading "
                          f"(batch, heads) dims {tuple(lead)} (one slope per query head, last axis = heads)")
     return a
@@ -189,11 +187,7 @@ def _check_bias(bias, target, where):
     a = a.astype(np.float64)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{where}: bias contains NaN or Inf (hide keys with mask, not with -inf in bias)")
-    try:
-        ok = np.broadcast_shapes(a.shape, target) == tuple(target)
-    except ValueError:
-        ok = False
-    if not ok:
+    if not broadcasts_to(a.shape, target):
         raise ValueError(f"{where}: bias shape {a.shape} does not broadcast to {tuple(target)}")
     return a
 

@@ -248,11 +248,8 @@ def run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
             row[F_SMAC] += (e1 - e0) * d
             line_busy[ld + line] += (e1 - e0) * _ceil_div(d, mpl)
             line_entries[ld + line] += e1 - e0
-        if nnz > 0:
-            mx = 0
-            for i in range(line_busy.shape[0]):
-                mx = max(mx, line_busy[i])
-            row[F_SCYC] = mx + lat
+        if nnz > 0:  # the busiest sparse line sets the engine's time
+            row[F_SCYC] = line_busy.max() + lat
         memory.hold(mem, T_S, S_S, 0, n * g + nnz, 0, 1)  # N*G + nnz scores (flattened)
         memory.count_flops(mem, 2 * (n * g + nnz) * d, 0)
         close_stage(row, w, db, d, dv, banks)
@@ -317,11 +314,8 @@ def run(mem, ctr, q, k, v, codes_q, codes_k, dec, n_ae, scale, compute,
             row[F_SMAC] += (e1 - e0) * dv
             line_busy[ld + line] += (e1 - e0) * _ceil_div(dv, mpl)
             line_entries[ld + line] += e1 - e0
-        if nnz > 0:
-            mx = 0
-            for i in range(line_busy.shape[0]):
-                mx = max(mx, line_busy[i])
-            row[F_SCYC] = mx
+        if nnz > 0:  # the busiest sparse line sets the engine's time
+            row[F_SCYC] = line_busy.max()
         memory.hold(mem, T_O, S_O, 0, n, 0, dv)
         memory.count_flops(mem, 2 * (n * g + nnz) * dv, 0)
         close_stage(row, w, db, d, dv, banks)
