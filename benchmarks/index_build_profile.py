@@ -26,13 +26,29 @@ def _ms(fn):
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def _check_kernels():
+    """A small build; if tl.histogram or tl.gather fail to compile here, fall back (and say so)."""
+    q = torch.randn((1, 4, 4096, 128), device="cuda", dtype=torch.bfloat16)
+    for hist, fused in ((True, True), (True, False), (False, True), (False, False)):
+        index_build.SELECT_HISTOGRAM, index_build.FUSED_SLASH = hist, fused
+        try:
+            vertical_slash_index(q, q, 1000, 100, block=64)
+            break
+        except Exception as exc:  # noqa: BLE001 (report and fall back)
+            print(f"build failed with SELECT_HISTOGRAM={hist}, FUSED_SLASH={fused}: {type(exc).__name__}: "
+                  f"{str(exc)[:300]}", flush=True)
+    print(f"SELECT_HISTOGRAM={index_build.SELECT_HISTOGRAM}, FUSED_SLASH={index_build.FUSED_SLASH}", flush=True)
+
+
 def main():
+    _check_kernels()
+    fused_ok = index_build.FUSED_SLASH
     print(f"{'N':>7} {'vertical':>8} {'slash':>5} {'fused':>5} {'build ms':>8} {'graph ms':>8} {'sparse ms':>9} "
           f"{'share':>6} {'share (graph)':>13}", flush=True)
     for n, vs, ss in CASES:
         gen = torch.Generator(device="cuda").manual_seed(n)
         q, k, v = (torch.randn((1, 4, n, 128), generator=gen, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        for fused in (True, False):
+        for fused in (True, False) if fused_ok else (False,):
             index_build.FUSED_SLASH = fused
             build = lambda q=q, k=k, vs=vs, ss=ss: vertical_slash_index(q, k, vs, ss, block=64)  # noqa: E731
             iset = build().index_set
@@ -43,7 +59,7 @@ def main():
                                                                                check_finite=False))
             print(f"{n:>7} {vs:>8} {ss:>5} {str(fused):>5} {ms:8.3f} {ms_graph:8.3f} {ms_sparse:9.3f} "
                   f"{ms / (ms + ms_sparse):6.1%} {ms_graph / (ms_graph + ms_sparse):13.1%}", flush=True)
-        index_build.FUSED_SLASH = True
+        index_build.FUSED_SLASH = fused_ok
         if vs != 1000:
             continue
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
