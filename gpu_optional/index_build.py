@@ -7,15 +7,19 @@ Five stages, each a fixed number of launches whose sizes are known up front
 ``j <= qi[r] = Nk - L + r``)::
 
     1 _est_stats  grid (chunks, Z): online max m and sum l of scale*Q[-L:]K^T over a chunk of keys
-    2 _est_probs  grid (Nk / BN, Z): merge the chunks' (m, l); P = exp(S - m) / l  (float32, causal),
-                  write P (Z, L, Nk); vertical[c] = sum_r P[r, c] (each program owns its columns)
-    3 _slash      grid (Nk / BS, Z): slash[delta] = sum_r P[r, qi[r] - delta]   (gathered along the
-                  diagonal, deterministic: no atomics)
-    4 _select     grid (2, Z): the top vertical_size columns (row 0) and slash_size diagonals (row 1) of each
-                  head: keys = score bits (the first ``force_*`` indices +inf); radix select (three
-                  histogram passes) finds the k-th largest key, a compaction in index order keeps the keys
-                  above it and the first ties (ties to the lower index exactly as the CPU's stable sort), so
-                  the chosen indices come out sorted; also PC, the count of chosen indices <= each index
+    2 _est_probs  grid (Nk / BN, Z): merge the chunks' (m, l); P = exp(S - m) / l  (float32, causal) in
+                  registers; vertical[c] = sum_r P[r, c] (each program owns its columns); the tile's share of
+                  every diagonal it crosses (tl.gather of P's diagonals), written to a small buffer
+    3 _slash_sum  grid (Nk / BS, Z): slash[delta] = sum of the shares of the <= UP / BN + 1 tiles that hold
+                  delta, in tile order (deterministic: no atomics). The (Z, L, Nk) estimate is neither
+                  written nor read back (``FUSED_SLASH``; else _est_probs writes it and _slash gathers it
+                  along the diagonals, as :func:`vertical_slash_estimate` does)
+    4 top-k       keys = score bits << 32 | ~index (unique; the first ``force_*`` indices +inf): one
+                  torch.topk over both score rows, one sort (ties to the lower index exactly as the CPU's
+                  stable sort), and PC, per row the count of chosen indices <= each index (a scatter, a
+                  cumsum). Or (``TRITON_TOPK``) _select, grid (2, Z): radix select of the k-th largest key
+                  (histogram passes), then a compaction in index order keeps the keys above it and the first
+                  ties: the chosen indices come out sorted, with PC, in one launch
     5 _vs_index   grid (Nq / block, Z), run twice: COUNT the key blocks and single columns of each
                   query block, one cumsum gives the CSR offsets, then WRITE them there
 
@@ -56,7 +60,12 @@ MIN_VERTICAL, MIN_SLASH = 30, 50
 #: slash scores summed from the probabilities kernel's registers (a share per tile, then _slash_sum) instead of
 #: writing the (Z, L, Nk) float32 estimate and reading it back along the diagonals (_slash)
 FUSED_SLASH = os.environ.get("GPU_OPTIONAL_FUSED_SLASH", "1") != "0"
-#: the top-k's radix passes count digits with tl.histogram (3 passes); else by comparison (8 passes of 4 bits)
+#: the top-k in one Triton launch (:func:`_select`) instead of torch.topk + sort. Off: correct (tested on the
+#: H200) but slow there, 0.72 ms at 32k and 2.9 ms at 128k (H = 4, benchmarks/h200_index_build_profile.log)
+#: against ~0.15 / ~0.2 ms for torch's: one program per score row (8 programs for 4 heads) walking the row
+#: four times, and tl.histogram with 2048 bins costs ~5 us per 1024 keys. A multi-program select is the next step.
+TRITON_TOPK = os.environ.get("GPU_OPTIONAL_TRITON_TOPK", "0") == "1"
+#: the radix passes count digits with tl.histogram (3 passes); else by comparison (8 passes of 4 bits)
 SELECT_HISTOGRAM = os.environ.get("GPU_OPTIONAL_SELECT_HISTOGRAM", "1") != "0"
 
 
@@ -114,9 +123,10 @@ def _est_stats(Q, K, MPART, LPART, stride_qz, stride_qn, stride_kz, stride_kn,
 
 @triton.jit
 def _score_key(score, idx, FORCED):
-    """int32 sort key: the score's bits (monotone, as scores are >= 0); the first FORCED indices -> +inf."""
+    """Unique int64 sort key: score bits (monotone for score >= 0) then lower index first; forced -> +inf."""
     score = tl.where(idx < FORCED, float("inf"), score)
-    return score.to(tl.int32, bitcast=True)
+    bits = score.to(tl.int32, bitcast=True).to(tl.int64)
+    return (bits << 32) + (2147483647 - idx.to(tl.int64))
 
 
 @triton.jit
@@ -199,7 +209,7 @@ def _digit_pass(KEY, n, prefix, k_rem, SHIFT: tl.constexpr, BITS: tl.constexpr, 
     hist = tl.zeros([BINS], tl.int32)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        key = tl.load(KEY + offs, mask=offs < n, other=0)
+        key = (tl.load(KEY + offs, mask=offs < n, other=0) >> 32).to(tl.int32)   # the score's bits
         cand = (offs < n) & ((key >> (SHIFT + BITS)) == prefix)
         digit = (key >> SHIFT) & (BINS - 1)
         if HIST:
@@ -214,14 +224,15 @@ def _digit_pass(KEY, n, prefix, k_rem, SHIFT: tl.constexpr, BITS: tl.constexpr, 
 
 @triton.jit
 def _select(KEYS, OUT, PC, Z, N_K, V, S, BLOCK: tl.constexpr, HIST: tl.constexpr):
-    """Row 0 of KEYS (2, Z, Nk) int32: the V largest vertical keys; row 1: the S largest slash keys.
+    """Row 0 of KEYS (2, Z, Nk) int64: the V largest vertical keys; row 1: the S largest slash keys.
 
-    Keys are float bits of scores >= 0 (bit 31 is 0), so three radix passes (11 + 10 + 10 bits) give the
+    The keys' upper halves are the float bits of scores >= 0 (bit 31 is 0), so three radix passes (11 + 10 +
+    10 bits; HIST = False: eight passes counting by comparison) give the
     k-th largest key T and ``need``, how many keys equal to T the top k takes. A compaction pass in index
     order then keeps ``key > T`` and the first ``need`` keys equal to T (ties to the lower index, as the
     CPU's stable sort), writing the chosen indices sorted ascending: no sort at all. OUT holds the Z rows of
-    V columns then the Z rows of S offsets; PC (Z, Nk) int32 gets, for the slash row, the count of chosen
-    offsets <= delta (the index pass looks blocks up in it)."""
+    V columns then the Z rows of S offsets; PC (2, Z, Nk) int32 gets, per row, the count of chosen indices
+    <= each index (the index pass looks columns and blocks up in it)."""
     row = tl.program_id(0)
     z = tl.program_id(1).to(tl.int64)
     key_row = KEYS + (row * Z + z) * N_K
@@ -246,7 +257,7 @@ def _select(KEYS, OUT, PC, Z, N_K, V, S, BLOCK: tl.constexpr, HIST: tl.constexpr
     for start in range(0, N_K, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         valid = offs < N_K
-        key = tl.load(key_row + offs, mask=valid, other=0)
+        key = (tl.load(key_row + offs, mask=valid, other=0) >> 32).to(tl.int32)
         eq = (valid & (key == thr)).to(tl.int32)
         keep = ((valid & (key > thr)) | ((eq > 0) & (ties + tl.cumsum(eq, 0) - eq < need))).to(tl.int32)
         upto = kept + tl.cumsum(keep, 0)                                     # chosen indices <= offs
@@ -350,7 +361,7 @@ def _estimate(q, k, last_q, scale, force_vertical, force_slash, write_p=False):
     lpart = torch.empty_like(mpart)
     p = torch.empty((z, L, nk) if write_p or not FUSED_SLASH else (1,), dtype=f32, device=dev)
     vert, slash = torch.empty((z, nk), dtype=f32, device=dev), torch.empty((z, nk), dtype=f32, device=dev)
-    keys = torch.empty((2, z, nk), dtype=torch.int32, device=dev)           # vertical, slash: one select launch
+    keys = torch.empty((2, z, nk), dtype=torch.int64, device=dev)           # vertical, slash: one top-k call
     vkey, skey = keys[0], keys[1]
     common = dict(D=d, BLOCK_D=block_dim(d), LP=lp, BN=bn, NCHUNK=nchunk, PREC=precision(q3.dtype))
     strides = (q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1))
@@ -377,14 +388,27 @@ def vertical_slash_estimate(q, k, *, last_q=64, scale=None):
 
 
 def _top(keys, vsize, ssize):
-    """``(columns (Z, V), offsets (Z, S), PC (Z, Nk))``: the chosen indices, sorted ascending (int64), and the
-    slash row's count of chosen offsets <= delta (int32). One launch, no host sync (:func:`_select`)."""
+    """``(columns (Z, V), offsets (Z, S), PC (2, Z, Nk))``: the chosen indices, sorted ascending (int64), and
+    per row the count of chosen indices <= each index (int32). No host sync either way.
+
+    Default: one ``torch.topk`` over both rows (k = the larger size, largest first, on the unique keys), the
+    tail beyond each row's size pushed past every index, one sort; PC by a scatter and a cumsum. With
+    ``TRITON_TOPK``: the one-launch radix select :func:`_select` instead."""
     _, z, nk = keys.shape
-    out = torch.empty(z * (vsize + ssize), dtype=torch.int64, device=keys.device)
-    pc = torch.empty((2, z, nk), dtype=torch.int32, device=keys.device)
-    _select[(2, z)](keys, out, pc, z, nk, vsize, ssize, BLOCK=1024 if SELECT_HISTOGRAM else 256,
-                    HIST=SELECT_HISTOGRAM, num_warps=8)
-    return out[:z * vsize].view(z, vsize), out[z * vsize:].view(z, ssize), pc
+    if TRITON_TOPK:
+        out = torch.empty(z * (vsize + ssize), dtype=torch.int64, device=keys.device)
+        pc = torch.empty((2, z, nk), dtype=torch.int32, device=keys.device)
+        _select[(2, z)](keys, out, pc, z, nk, vsize, ssize, BLOCK=1024 if SELECT_HISTOGRAM else 256,
+                        HIST=SELECT_HISTOGRAM, num_warps=8)
+        return out[:z * vsize].view(z, vsize), out[z * vsize:].view(z, ssize), pc
+    idx = torch.topk(keys.view(2 * z, nk), max(vsize, ssize), dim=1, sorted=True).indices.view(2, z, -1)
+    idx[0, :, vsize:] = nk
+    idx[1, :, ssize:] = nk
+    chosen = torch.zeros((2, z, nk + 1), dtype=torch.int32, device=keys.device)   # column nk takes the tails
+    chosen.scatter_(2, idx, 1)
+    pc = chosen[:, :, :nk].cumsum(2, dtype=torch.int32)
+    srt = torch.sort(idx, dim=2).values
+    return srt[0, :, :vsize].contiguous(), srt[1, :, :ssize].contiguous(), pc
 
 
 def vertical_slash_index(q, k, vertical_size, slash_size, *, last_q=64, block=64, scale=None,

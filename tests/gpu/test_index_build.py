@@ -9,21 +9,28 @@ pytestmark = NEEDS
 
 
 def _keys(scores, forced):
-    """(rows, Nk) float32 scores -> the int32 keys the kernels write: score bits, the first ``forced`` -> +inf."""
+    """(rows, Nk) float32 scores -> the int64 keys the kernels write: score bits << 32 | ~index, the first
+    ``forced`` scores +inf."""
     s = scores.copy()
     s[:, :forced] = np.inf
-    return torch.from_numpy(s.view(np.int32).copy()).to(DEVICE)
+    keys = (s.view(np.int32).astype(np.int64) << 32) + (2147483647 - np.arange(s.shape[1]))
+    return torch.from_numpy(keys).to(DEVICE)
 
 
 @pytest.mark.parametrize("nk,vsize,ssize", [(2500, 700, 60), (1500, 1500, 90)])
-def test_select_equals_stable_top_k(nk, vsize, ssize):
-    """Ties at the k-th value (few distinct scores), scores that differ only in their lowest bits (the third
-    radix pass decides), zeros, forced indices beyond k (ssize < force_slash: ties among +inf), k = Nk, and
-    Nk over the 1024-wide chunks of the compaction (ranks carried across chunks)."""
+@pytest.mark.parametrize("triton_topk,histogram", [(False, True), (True, True), (True, False)])
+def test_select_equals_stable_top_k(nk, vsize, ssize, triton_topk, histogram, monkeypatch):
+    """torch.topk + sort, and the Triton radix select (histogram or comparison counts): ties at the k-th value
+    (few distinct scores), scores that differ only in their lowest bits (the last radix pass decides), zeros,
+    forced indices beyond k (ssize < force_slash: ties among +inf), k = Nk, Nk over the 1024-wide chunks of
+    the compaction (ranks carried across chunks); PC for both rows."""
     skip_without_device()
+    from gpu_optional import index_build
     from gpu_optional.index_build import _top
     from refattn.patterns.vertical_slash import _top as cpu_top
 
+    monkeypatch.setattr(index_build, "TRITON_TOPK", triton_topk)
+    monkeypatch.setattr(index_build, "SELECT_HISTOGRAM", histogram)
     rng = np.random.default_rng(nk)
     few = rng.choice(np.float32([0.0, 0.25, 0.5, 1.0, 3.0]), size=nk)
     ulps = (np.float32(1.0) + rng.integers(0, 6, size=nk) * np.finfo(np.float32).eps).astype(np.float32)
