@@ -149,7 +149,8 @@ def predict(counts, chip, heads, launches, softmax_bandwidth=None):
         softmax_s = moved * chip.bytes_per_element / softmax_bandwidth
     r = simulated_time(Traffic(reads, writes, chip.bytes_per_element), counts["flops"] * heads, chip,
                        exps=counts["exps"] * heads)
-    return dict(r, softmax_s=softmax_s, time_s=r["time_s"] + softmax_s + launches * KERNEL_OVERHEAD_S)
+    extra = softmax_s + launches * KERNEL_OVERHEAD_S
+    return dict(r, softmax_s=softmax_s, time_s=r["time_s"] + extra, overlap_s=r["overlap_s"] + extra)
 
 
 def main(argv=None):

@@ -526,7 +526,8 @@ def require_fits(need: int, sram: Sram, what: str) -> None:
 def simulated_time(traffic: Traffic, flops: int, chip, exps: int = 0) -> dict:
     """Roofline time on ``chip``: max(HBM bytes / bandwidth, FLOPs / peak + exps / exp_rate). Seconds.
 
-    The exponentials count only on a chip with an ``exp_rate`` (see the module docstring)."""
+    The exponentials count only on a chip with an ``exp_rate`` (see the module docstring). ``overlap_s`` is
+    the lower bound max(memory, matmuls, exponentials) of a kernel that overlaps all three."""
     chip = get_chip(chip)
     nbytes = traffic.total * chip.bytes_per_element
     t_mem = nbytes / chip.hbm_bandwidth
@@ -537,6 +538,7 @@ def simulated_time(traffic: Traffic, flops: int, chip, exps: int = 0) -> dict:
         "memory_s": t_mem,
         "compute_s": t_compute,
         "exp_s": t_exp,
+        "overlap_s": max(t_mem, flops / chip.peak_flops, t_exp),   # if the matmuls and exps overlapped too
         "time_s": max(t_mem, t_compute),
         "bound": "memory" if t_mem >= t_compute else "compute",
     }

@@ -123,6 +123,7 @@ def test_simulated_time_charges_exponentials_in_series_with_the_matmuls():
     t = simulated_time(Traffic({"Q": 10**6}, {}), 10**12, chip, exps=10**9)
     assert t["exp_s"] == pytest.approx(1e-3) and t["compute_s"] == pytest.approx(1e-3 + 1e-3)
     assert t["bound"] == "compute" and t["time_s"] == pytest.approx(2e-3)       # memory: 2e6 B / 1e12 = 2 us
+    assert t["overlap_s"] == pytest.approx(1e-3)                                 # max(2 us, 1 ms, 1 ms)
     t = simulated_time(Traffic({"Q": 10**9}, {}), 10**12, chip, exps=10**9)     # memory 2 ms >= compute 2 ms
     assert t["bound"] == "memory" and t["time_s"] == pytest.approx(2e-3)
     plain = simulated_time(Traffic({"Q": 1}, {}), 10**12, CHIPS["a100"], exps=10**9)

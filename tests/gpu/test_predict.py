@@ -31,6 +31,7 @@ def test_predict_is_heads_times_one_head_plus_launches():
     # compute: 1e9 FLOPs / 1e15 + 1e7 exps / 1e12 = 1 us + 10 us, in series; memory 18 ns
     busy = predict(dict(counts, flops=10**9, exps=10**7), chip, 1, 0)
     assert busy["bound"] == "compute" and busy["time_s"] == pytest.approx(1e-6 + 1e-5)
+    assert busy["overlap_s"] == pytest.approx(1e-5)                  # the bound if matmuls and exps overlapped
 
 
 def test_predict_charges_the_softmax_pass_at_its_own_rate():
