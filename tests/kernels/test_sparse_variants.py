@@ -134,6 +134,10 @@ def test_variants_match_reference_and_closed_forms(c):
     assert res.traffic.reads == reads and res.traffic.writes == writes
     assert (res.flops, res.exps) == (flops, exps)
     assert res.peak_sram <= footprint(c["block"], c["d"], c["dv"])
+    if c["window"] and min(c["window"]) >= 0:  # the docstring's bound: whatever the set lists, per query block
+        b, w = c["block"], sum(c["window"]) + 1
+        per_block = b * (-(-(b + w - 1) // b) + 1) + b + w - 1
+        assert res.traffic.reads.get("K", 0) <= c["d"] * c["hq"] * -(-c["nq"] // b) * per_block
 
 
 @settings(max_examples=10)
