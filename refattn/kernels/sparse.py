@@ -51,8 +51,8 @@ the mask (index set's keep mask) AND (causal) AND (window).
   head ``h // G`` from an HBM array of ``Hkv`` heads, **once per query head** (per
   query block and listed entry, as without GQA). Why not once per group: the
   on-chip state is one query head's row block (Q, m, l, acc), and the G heads of
-  a group list different blocks and columns (MInference builds one set per query
-  head from its own scores); sharing one K/V load would need the G heads' state on
+  a group in general list different blocks and columns (MInference builds one set
+  per query head from its own scores); sharing one K/V load would need the G heads' state on
   chip together (G times the Q, S and O slots) and a merged walk of G index lists,
   FlashAttention-3's packed-GQA layout, not modelled here. The counts are
   therefore those of the same run with each KV head repeated for its group.
@@ -95,13 +95,14 @@ without causal and window every entry is visible)::
     FLOPs     = 2 * (d + dv) * sum_qb rows_q * (the same sum)
     exps      = sum_qb rows_q * (the same sum)
 
-(the same counts times the number of query heads, under GQA too). The window's
+(the same counts times the number of query heads, under GQA too; the softcap's
+tanh and the ALiBi bias are not counted, as in the flash kernels). The window's
 saving is the K, V, FLOP and exp terms of the listed entries outside the band:
 with a window of w = left + right + 1 keys, at most ``ceil((block + w - 1) / block) + 1``
 key blocks and ``block + w - 1`` columns per query block are loaded, whatever
-the set lists. The K, V, FLOP and exp counts equal :meth:`IndexSet.flops`'s
-when no listed entry is hidden, which is the case for the sets the MInference
-patterns build under plain causal masking.
+the set lists (w counts both sides of the window, bounded). The FLOPs equal
+:meth:`IndexSet.flops` when no listed entry is hidden, which is the case for
+the sets the MInference patterns build under plain causal masking.
 
 On-chip footprint (elements, checked against M before any work; the same with
 every variant)::

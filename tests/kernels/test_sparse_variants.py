@@ -207,6 +207,17 @@ def test_gqa_reads_the_kv_head_of_each_query_head_once_per_query_head():
     np.testing.assert_array_equal(mqa.o, np.stack([r.o for r in one]))
 
 
+def test_batch_and_heads_with_gqa_one_set_per_flattened_query_head():
+    rng = np.random.default_rng(9)
+    q = rng.standard_normal((2, 4, 30, 6))
+    k, v = rng.standard_normal((2, 2, 35, 6)), rng.standard_normal((2, 2, 35, 3))
+    sets = [random_set(rng, 30, 35, 8) for _ in range(8)]  # (batch, query head) flattened
+    kw = dict(num_kv_heads=2, window=(7, 3), softcap=1.0, alibi_slopes=rng.uniform(0, 1, (2, 4)), causal=True)
+    res = sparse_forward(q, k, v, sets, sram=M, **kw)
+    o, lse = attention(q, k, v, mask=set_masks(sets, 8).reshape(2, 4, 30, 35), **kw)
+    check_outputs(res, o, lse, np.float64)
+
+
 def test_fully_masked_rows_and_an_empty_band():
     rng = np.random.default_rng(4)
     n, b, d = 30, 8, 4
