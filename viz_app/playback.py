@@ -323,8 +323,15 @@ def payload(result, nq: int, nk: int, label: str, *, window: tuple[int, int] | N
         evs = events_of(trace, rec, starts, s)
         first = not any(e.kind == "compute" and e.tensor == "P" and e.rows in seen_rows for e in evs)
         seen_rows |= {e.rows for e in evs if e.kind == "compute" and e.tensor == "P"}
+        skips = [e for e in evs if e.kind == "skip"]
+        reasons = None
+        if skips and plan.details.get("window") is not None:
+            kinds = skip_kinds(plan.details, nq, nk, *zip(*[(e.rows[0], e.rows[1], e.cols[0], e.cols[1])
+                                                          for e in skips]))
+            reasons = ["outside the window" if x == SKIP_WINDOW else "causal" for x in kinds]
         narration.append(pseudocode.narrate(plan.kernel, s, n, evs, reads=int(reads[s - a].sum()),
-                                            writes=int(writes[s - a].sum()), first_of_block=first))
+                                            writes=int(writes[s - a].sum()), first_of_block=first,
+                                            skip_reasons=reasons))
         lit.append(pseudocode.lit_lines(key, evs))
         moves.append([[e.tensor, 0 if e.kind == "load" else 1, *e.rows, *e.cols, e.elements] for e in evs
                       if e.kind in ("load", "store") and e.tensor])

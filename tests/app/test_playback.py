@@ -194,6 +194,10 @@ def test_payload_carries_the_window_and_its_skips():
     p = playback.payload(res, 40, 40, "flash")
     assert p["sliding_window"] == [8, 0] and p["window_edges"] == [-8, 0] and p["causal_offset"] == 0
     assert set(p["ev"]["skip"]) == {0, playback.SKIP_CAUSAL, playback.SKIP_WINDOW}
+    skip_steps = {s: sk for s, sk in zip(p["ev"]["step"], p["ev"]["skip"]) if sk}
+    for s, sk in skip_steps.items():
+        why = "outside the window" if sk == playback.SKIP_WINDOW else "causal"
+        assert f"skips 1 fully masked tile ({why})" in p["narration"][s - 1]
     plain = playback.payload(refattn.flash_forward(q, k, v, sram=512, trace=True), 40, 40, "flash")
     assert plain["sliding_window"] is None and plain["window_edges"] is None
 
