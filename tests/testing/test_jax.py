@@ -147,6 +147,23 @@ def test_jax_window_passed_unshifted_is_named_top_left():
         check_attention(raw, capabilities=cap, max_examples=40, seed=6)
 
 
+def test_a_top_left_window_is_named_even_where_it_looks_like_an_exclusive_bound():
+    """Nk = Nq + 1, window (unbounded, 0): JAX's top-left window keeps j <= i, exactly what an exclusive right
+    bound keeps. The diagnosis used to stop at that first match, whose probe fails ("neither convention");
+    it now tries every match on the probe and names the window alignment."""
+    from refattn.testing import jax_kernels
+    from refattn.testing.diagnose import diagnose
+
+    raw = from_jax(lambda q, k, v, **kw: jax_kernels.dot_product_attention(q, k, v, shift_window=False, **kw))
+    cap = dataclasses.replace(JAX_DPA_CAPABILITIES, variants=("window",), fully_masked_rows="zero", **SMALL)
+    p = dataclasses.replace(make_problem(dtype="float32", nq=15, nk=16, d=15), variants={"window": (-1, 0)})
+    run = Run(raw, None, cap, None, ConformanceReport("raw", cap))
+    failure = run.check(p)
+    assert failure is not None and failure.kind == "mismatch"
+    named = diagnose(run, p, failure, *failure.raw)
+    assert named.convention == "window alignment", named.message
+
+
 def test_jax_dot_product_attention_claiming_bottom_right_gets_a_named_convention_difference():
     cap = dataclasses.replace(JAX_DPA_CAPABILITIES, variants=(), **dict(SMALL, causal=("bottom_right",)))
     with pytest.raises(ConformanceError, match="convention difference, causal alignment"):
