@@ -132,6 +132,7 @@ def test_an_ignored_scale_is_caught():
 def test_jax_dot_product_attention_passes_with_the_capabilities_it_really_has():
     report = check_attention(jax_dpa, capabilities=JAX_DPA_CAPABILITIES, max_examples=12, seed=5)
     assert report.passed and JAX_DPA_CAPABILITIES.backward
+    assert "bfloat16 -> o float32, lse float32" in report.text()  # bfloat16 draws ran (and came back as float32)
     for name in ("num_kv_heads", "window", "alibi_slopes"):
         assert name in report.text()
 
