@@ -89,19 +89,22 @@ def percent(a: float, b: float) -> str:
     return f"{x:.1f} %" if x < 10 else f"{x:.0f} %"
 
 
-def window_sentence(window, tiles: dict, kv_reads: int, kv_reads_dense: int) -> str:
-    """The sliding window's saving, from the run's tiles and K/V reads and the same kernel's run without it.
+def window_sentence(window, tiles: dict, kv_reads: int, kv_reads_dense: int, total: int, total_dense: int) -> str:
+    """The sliding window's saving, from the run's tiles and counters and the same kernel's run without it.
 
     ``tiles``: viz_app.playback.tile_counts of the run (visited, causal_skipped, window_skipped, total);
-    ``kv_reads``/``kv_reads_dense``: K plus V elements read with and without the window.
+    ``kv_reads``/``kv_reads_dense``: K plus V elements read with and without the window; ``total``/
+    ``total_dense``: all HBM accesses with and without it.
     """
     left, right = (-1 if x is None else x for x in window)
     show = lambda x: "unbounded" if x < 0 else str(x)
     causal = f", {tiles['causal_skipped']} by the causal mask" if tiles["causal_skipped"] else ""
+    than = lambda a, b: "the same" if a == b else ratio_words(a, b)
     return (f"window ({show(left)}, {show(right)}): {tiles['visited']} of {tiles['total']} tiles visited "
-            f"({tiles['window_skipped']} skipped outside the window{causal}); K/V reads "
-            f"{percent(kv_reads, kv_reads_dense)} of dense ({kv_reads:,} vs {kv_reads_dense:,} elements, the "
-            f"same kernel without the window: {ratio_words(kv_reads, kv_reads_dense)}).")
+            f"({tiles['window_skipped']} skipped outside the window{causal}); against the same kernel without the "
+            f"window, K/V reads {percent(kv_reads, kv_reads_dense)} of dense ({kv_reads:,} vs {kv_reads_dense:,} "
+            f"elements: {than(kv_reads, kv_reads_dense)}) and all HBM accesses {total:,} vs {total_dense:,} "
+            f"({than(total, total_dense)}).")
 
 
 def gqa_mapping(heads: int, num_kv_heads: int) -> str:
@@ -122,7 +125,8 @@ def gqa_sentence(heads: int, num_kv_heads: int, variant: str, kv_reads: int, kv_
                "(only HBM space)")
     else:
         why = f"{variant.upper()} reads more with GQA here"
-    return (f"GQA, {heads} query heads on {num_kv_heads} KV heads ({gqa_mapping(heads, num_kv_heads)}): "
+    kv_words = f"{num_kv_heads} KV head{'s' if num_kv_heads > 1 else ''}"
+    return (f"GQA, {heads} query heads on {kv_words} ({gqa_mapping(heads, num_kv_heads)}): "
             f"K/V reads {kv_reads:,} vs {kv_reads_mha:,} with {heads} KV heads (MHA), "
             f"{ratio_words(kv_reads, kv_reads_mha)}: {why}; K/V held in HBM {kv_stored:,} vs {kv_stored_mha:,} "
             f"elements ({ratio_words(kv_stored, kv_stored_mha)}).")

@@ -208,14 +208,16 @@ def test_window_sentence_is_the_kernels_counts():
     dense = refattn.flash_forward(q, k, v, sram=1024, causal=True, count_only=True)
     kv = lambda r: r.traffic.reads["K"] + r.traffic.reads["V"]
     counts = playback.tile_counts(res, 64, 64)
-    text = claims.window_sentence((16, 0), counts, kv(res), kv(dense))
+    text = claims.window_sentence((16, 0), counts, kv(res), kv(dense), res.traffic.total, dense.traffic.total)
     assert kv(res) < kv(dense) and counts["window_skipped"] > 0
-    assert text.startswith(f"window (16, 0): {counts['visited']} of {counts['total']} tiles visited "
-                           f"({counts['window_skipped']} skipped outside the window, {counts['causal_skipped']} by "
-                           f"the causal mask); K/V reads {round(100 * kv(res) / kv(dense))} % of dense "
-                           f"({kv(res):,} vs {kv(dense):,} elements")
-    assert claims.window_sentence((-1, 3), dict(counts, causal_skipped=0), 10, 10).startswith(
-        "window (unbounded, 3):")
+    assert text == (f"window (16, 0): {counts['visited']} of {counts['total']} tiles visited "
+                    f"({counts['window_skipped']} skipped outside the window, {counts['causal_skipped']} by "
+                    f"the causal mask); against the same kernel without the window, K/V reads "
+                    f"{round(100 * kv(res) / kv(dense))} % of dense ({kv(res):,} vs {kv(dense):,} elements: "
+                    f"{kv(dense) / kv(res):.1f}x fewer) and all HBM accesses {res.traffic.total:,} vs "
+                    f"{dense.traffic.total:,} ({dense.traffic.total / res.traffic.total:.1f}x fewer).")
+    same = claims.window_sentence((-1, 3), dict(counts, causal_skipped=0), 10, 10, 20, 30)
+    assert same.startswith("window (unbounded, 3):") and "(10 vs 10 elements: the same)" in same
 
 
 def test_gqa_sentence_follows_the_counted_reads():
@@ -223,12 +225,14 @@ def test_gqa_sentence_follows_the_counted_reads():
     q, k, v = random_qkv(32, 8, seed=0)
     heads = lambda x, h: np.ascontiguousarray(np.broadcast_to(x, (h,) + x.shape))
     assert claims.gqa_mapping(4, 2) == "query heads 0, 1 → KV head 0; 2, 3 → KV head 1"
+    assert claims.gqa_sentence(4, 1, "fa1", 1, 4, 1, 4).startswith("GQA, 4 query heads on 1 KV head (")
     for variant in ("fa1", "fa2"):
         run = lambda hkv, variant=variant: refattn.flash_forward(
             heads(q, 4), heads(k, hkv), heads(v, hkv), sram=512, variant=variant, count_only=True,
             num_kv_heads=hkv if hkv < 4 else None).traffic
         g, mha = (r.reads["K"] + r.reads["V"] for r in (run(2), run(4)))
         text = claims.gqa_sentence(4, 2, variant, g, mha, 2 * 32 * 16, 4 * 32 * 16)
+        assert text.startswith("GQA, 4 query heads on 2 KV heads (query heads 0, 1 → KV head 0;")
         assert f"K/V reads {g:,} vs {mha:,} with 4 KV heads (MHA)" in text and "2.0x fewer)" in text
         if variant == "fa1":
             assert g * 2 == mha and "reads each KV head once for its group of 2 query heads" in text

@@ -75,7 +75,7 @@ kv_read = lambda traffic: traffic.reads.get("K", 0) + traffic.reads.get("V", 0)
 if sliding is not None:  # the saving, from this run's trace and the same kernel counted without the window
     dense = runs.forward_counts(q, k, v, m, variant, causal)
     st.markdown(claims.window_sentence(sliding, playback.tile_counts(flash, q.shape[0], k.shape[0]),
-                                       kv_read(flash.traffic), kv_read(dense)))
+                                       kv_read(flash.traffic), kv_read(dense), flash.traffic.total, dense.total))
 if kv_heads != GQA_HEADS:  # every head counted by the kernel, with and without the grouping
     gqa = runs.forward_counts(q, k, v, m, variant, causal, sliding, heads=GQA_HEADS, num_kv_heads=kv_heads)
     mha = runs.forward_counts(q, k, v, m, variant, causal, sliding, heads=GQA_HEADS)
