@@ -284,7 +284,7 @@ class Run:
         skip = p.fully_masked_rows() if cap.fully_masked_rows == "nan" else None
         scale = effective_scale(p)
         bounds_o, bounds_lse = tolerance_bounds(self.tolerance, p, scale)
-        self.report.verdicts.add(judge(p, o, o_ref, _ratio(o, o_ref, bounds_o, skip), skip), p)
+        self.report.verdicts.add(*judge(p, o, o_ref, _ratio(o, o_ref, bounds_o, skip), skip), p)
         failure = compare(p, "o", o, o_ref, bounds_o, skip)
         if failure is None and lse is not None:
             failure = compare(p, "lse", lse, lse_ref, bounds_lse, skip)

@@ -117,11 +117,12 @@ def _rows(x, skip):
     return x[keep]
 
 
-def judge(p: Problem, o, golden, refattn_ratio: float, skip=None) -> dict:
-    """``{protocol: error / allowed}`` for one problem's output (a ratio above 1 fails)."""
+def judge(p: Problem, o, golden, refattn_ratio: float, skip=None) -> tuple[dict, bool]:
+    """``{protocol: error / allowed}`` for one problem's output (a ratio above 1 fails), and whether ``o``
+    holds a NaN outside the skipped rows (an infinite ratio then says so, not "no error allowed")."""
     o, gold = _rows(o, skip), _rows(golden, skip)
     if o.size == 0:
-        return {name: 0.0 for name in PROTOCOLS}
+        return {name: 0.0 for name in PROTOCOLS}, False
     plain = _rows(plain_attention(p), skip)
     ref = _rows(upcast_reference(p, golden), skip)
     nan = bool(np.isnan(o).any())
@@ -132,7 +133,7 @@ def judge(p: Problem, o, golden, refattn_ratio: float, skip=None) -> dict:
                       FLEX_FUDGE[p.dtype] * np.mean(np.abs(plain - gold)) + FLEX_ATOL)
         sdpa = _ratio(np.nan if nan else np.max(np.abs(o - gold)),
                       max(SDPA_ATOL, SDPA_FUDGE * float(np.max(np.abs(plain - gold)))))
-    return {"refattn": refattn_ratio, "FlashAttention": fa, "FlexAttention": flex, "PyTorch SDPA": sdpa}
+    return {"refattn": refattn_ratio, "FlashAttention": fa, "FlexAttention": flex, "PyTorch SDPA": sdpa}, nan
 
 
 PROTOCOLS = {
@@ -153,15 +154,16 @@ class Verdict:
     worst: float = 0.0
     worst_problem: str = ""
     first_failure: str = ""
+    worst_is_nan: bool = False  # the worst draw's o held a NaN (else an infinite ratio means: no error allowed)
 
-    def add(self, ratio: float, problem: Problem):
+    def add(self, ratio: float, problem: Problem, nan: bool = False):
         self.judged += 1
         if ratio > 1.0:
             self.failed += 1
             if not self.first_failure:
                 self.first_failure = problem.describe()
         if ratio > self.worst or not self.worst_problem:
-            self.worst, self.worst_problem = ratio, problem.describe()
+            self.worst, self.worst_problem, self.worst_is_nan = ratio, problem.describe(), nan
 
     @property
     def passed(self) -> bool:
@@ -171,7 +173,10 @@ class Verdict:
         if not self.judged:
             return f"{self.name:<15} -     no draw judged"
         word = "PASS" if self.passed else "FAIL"
-        worst = "inf (NaN in o)" if math.isinf(self.worst) else f"{self.worst:.3g}"
+        if math.isinf(self.worst):
+            worst = "inf (NaN in o)" if self.worst_is_nan else "inf (an error where this rule allows none)"
+        else:
+            worst = f"{self.worst:.3g}"
         line = (f"{self.name:<15} {word}  passes on {self.judged - self.failed} of {self.judged} draws; "
                 f"worst error/allowed {worst}")
         if not self.passed:
@@ -185,9 +190,9 @@ class Verdicts:
     def __init__(self):
         self.by_name = {name: Verdict(name) for name in PROTOCOLS}
 
-    def add(self, ratios: dict, problem: Problem):
+    def add(self, ratios: dict, nan: bool, problem: Problem):
         for name, ratio in ratios.items():
-            self.by_name[name].add(ratio, problem)
+            self.by_name[name].add(ratio, problem, nan)
 
     def __getitem__(self, name) -> Verdict:
         return self.by_name[name]

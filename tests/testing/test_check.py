@@ -230,3 +230,19 @@ def test_four_verdicts_and_the_semantics_sheet():
     broken = check_attention(BROKEN["inter_tile_rescale"], raise_on_failure=False)
     for protocol in ("refattn", "FlashAttention", "FlexAttention", "PyTorch SDPA"):
         assert not broken.verdicts[protocol].passed  # every project's rule rejects the inverted rescale
+
+
+def test_an_infinite_ratio_names_nan_only_when_o_held_one():
+    """A rule that allows no error (plain == reference) gives an infinite ratio for any error; the report
+    said "NaN in o" for it although o held none (seen on a planted JAX kernel)."""
+    from refattn.testing.protocols import Verdict
+
+    class _Draw:
+        def describe(self):
+            return "a draw"
+
+    no_error_allowed, with_nan = Verdict("FlashAttention"), Verdict("FlashAttention")
+    no_error_allowed.add(float("inf"), _Draw(), nan=False)
+    with_nan.add(float("inf"), _Draw(), nan=True)
+    assert "NaN" not in no_error_allowed.text() and "allows none" in no_error_allowed.text()
+    assert "inf (NaN in o)" in with_nan.text()
