@@ -40,7 +40,11 @@ class Plan:
         """The plan as one flat dict of numbers and words (for tables and the app)."""
         out = {"kernel": self.kernel, **self.blocks, **self.tiles, "n_steps": self.n_steps, "M": self.M,
                "on_chip": self.on_chip}
-        out.update({k: v for k, v in self.details.items() if isinstance(v, (int, float, str, bool))})
+        for key, val in self.details.items():
+            if isinstance(val, (int, float, str, bool)):
+                out[key] = val
+            elif isinstance(val, tuple) and all(isinstance(x, (int, float)) for x in val):  # e.g. window
+                out[key] = str(val)
         return out
 
     @property

@@ -118,3 +118,13 @@ def test_every_kernel_keeps_the_contract(kernel, problem):
         msg = f"{name}: stop_after must be an integer between 1 and n_steps = {n}, got {bad}"
         with pytest.raises(ValueError, match=re.escape(msg)):
             _run(kernel, seed, problem, stop_after=bad)
+
+
+def test_plan_summary_names_the_window_and_the_kv_heads():
+    """The app prints plan.summary() above the player; the window and GQA were dropped from it (not scalars)."""
+    rng = np.random.default_rng()
+    q = rng.standard_normal((4, 32, 8))
+    k, v = rng.standard_normal((2, 2, 32, 8))
+    res = flash_forward(q, k, v, sram=512, causal=True, window=(8, 0), num_kv_heads=2, count_only=True)
+    summary = res.plan.summary()
+    assert summary["window"] == "(8, 0)" and summary["num_kv_heads"] == 2
