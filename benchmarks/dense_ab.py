@@ -1,8 +1,9 @@
 """A/B of the dense Triton kernels' Hopper optimisations on a GPU (``python benchmarks/dense_ab.py``).
 
-Each candidate is a setting of gpu_optional/flash.py's switches (``TMA``, ``CAUSAL_LPT``, ``WARP_SPECIALIZE``,
-``FUSED_BWD``) plus one fixed config per kernel (block sizes, warps, pipeline stages; no autotuning). For every
-(d, causal) case the script
+Each candidate is a setting of gpu_optional/flash.py's switches (``TMA``, ``TMA_BWD``, ``FUSED_BWD``) plus one
+fixed config per kernel (block sizes, warps, pipeline stages; no autotuning), or ``auto``: the shipped defaults,
+autotuned over the shipped config lists as ``python -m gpu_optional.bench`` does. For every (d, causal) case
+the script
 
 1. compiles all candidates first, in parallel worker processes (the Triton disk cache then serves the timing
    process), so compile time does not eat the device lease;
@@ -12,8 +13,17 @@ Each candidate is a setting of gpu_optional/flash.py's switches (``TMA``, ``CAUS
    beside torch SDPA's cuDNN and flash backends measured in the same run.
 
 ``--old FILE`` adds the kernels of another flash.py (e.g. the previous commit's) as the ``old`` candidate,
-with the configs the old autotuner picked, so before/after come from one run. The table printed last holds the
+with the configs the old autotuner picked, so before/after come from one run; ``old`` and ``ptr`` are timed
+again at the end of each case (``(again)``) to show the run-to-run spread. The table printed last holds the
 best candidate per case.
+
+h200_dense_ab_sweep1.log is the first sweep, made with commit 5c80267, which also had two switches since
+removed because they lost: ``CAUSAL_LPT`` (causal forward on one flat grid, heaviest query blocks of all heads
+first: 0.876x cuDNN against 0.943x without at d = 128, 0.924x against 0.936x at d = 64) and ``WARP_SPECIALIZE``
+(``tl.range(..., warp_specialize=True)`` on the forward's key loop: Triton 3.6 compiles it on Hopper, but it ran
+at 0.779x against 0.875x without at d = 128, 0.949x against 0.955x at d = 64; Triton documents automatic warp
+specialisation as a Blackwell feature). Its backward rows for d = 128 with TMA are missing: a bug of that
+version's script (the forward config of the last candidate leaked into the backward runs of a worker).
 """
 
 # ruff: noqa: B023  (every lambda is timed at once, inside its loop iteration)
@@ -37,9 +47,12 @@ import gpu_optional.flash as fl
 SMOKE = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 DEV = "cpu" if SMOKE else "cuda"
 DT = torch.float16 if SMOKE else torch.bfloat16
-N, N_CHECK = (256, 128) if SMOKE else (8192, 1024)
+N, N_CHECK = (128, 64) if SMOKE else (8192, 1024)
 CASES = [(128, False), (128, True), (64, False), (64, True)]
-SWITCHES = ("TMA", "CAUSAL_LPT", "WARP_SPECIALIZE", "FUSED_BWD")
+SWITCHES = ("TMA", "TMA_BWD", "FUSED_BWD")
+DEFAULTS = {name: getattr(fl, name) for name in SWITCHES}
+SHIPPED = {name: kern.configs for name, kern in
+           (("fwd", fl._fwd_kernel), ("dkdv", fl._bwd_dkdv_kernel), ("dq", fl._bwd_dq_kernel))}
 
 # configs (BLOCK_M, BLOCK_N, num_warps, num_stages) the previous autotuner picked (h200_dense_ab.log)
 OLD_FWD = {128: (128, 128, 8, 3), 64: (128, 64, 8, 3)}
@@ -47,31 +60,30 @@ OLD_DKDV = {(128, False): (64, 128, 8, 3), (128, True): (128, 128, 8, 2), (64, F
             (64, True): (64, 128, 4, 3)}
 OLD_DQ = {(128, False): (128, 128, 8, 2), (128, True): (128, 64, 8, 3), (64, False): (128, 64, 8, 3),
           (64, True): (128, 64, 8, 3)}
-FWD_CFGS = {128: [(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 4, 3)],
-            64: [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 4), (128, 128, 8, 4)]}
-DKDV_CFGS = [(64, 128, 8, 3), (128, 128, 8, 2), (64, 128, 4, 3), (64, 128, 8, 2), (32, 128, 4, 3)]
-DQ_CFGS = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 4, 3)]
-FUSED_CFGS = [(64, 128, 8, 3), (128, 128, 8, 2), (64, 128, 4, 3), (64, 64, 4, 3), (32, 128, 4, 3)]
+FWD_CFGS = {128: [(128, 128, 8, 3), (128, 64, 8, 3)], 64: [(128, 64, 8, 3), (128, 64, 8, 4)]}
+DKDV_CFGS = [(64, 128, 8, 3), (64, 128, 8, 2), (64, 128, 4, 3), (128, 128, 8, 2)]
+DQ_CFGS = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2)]
+FUSED_CFGS = [(64, 128, 8, 3), (64, 128, 4, 3), (32, 128, 4, 3)]
 
 
 def candidates(d, causal):
     """(name, pass, switches, {kernel: config}) for one case."""
     key = (d, causal)
+    fwd = {"fwd": OLD_FWD[d]}  # the backward candidates' forward (its time is not counted)
     out = [("old", "fwd", {}, {"fwd": OLD_FWD[d]}),
            ("ptr", "fwd", {"TMA": False}, {"fwd": OLD_FWD[d]})]
     out += [(f"tma {c}", "fwd", {"TMA": True}, {"fwd": c}) for c in FWD_CFGS[d]]
-    if causal:
-        out += [(f"tma+lpt {c}", "fwd", {"TMA": True, "CAUSAL_LPT": True}, {"fwd": c}) for c in FWD_CFGS[d][:2]]
-    else:
-        out += [(f"tma+ws {FWD_CFGS[d][0]}", "fwd", {"TMA": True, "WARP_SPECIALIZE": True}, {"fwd": FWD_CFGS[d][0]})]
-    base = {"dkdv": OLD_DKDV[key], "dq": OLD_DQ[key]}
-    out += [("old", "bwd", {}, base), ("ptr", "bwd", {"TMA": False, "FUSED_BWD": False}, base)]
-    out += [(f"tma dkdv {c}", "bwd", {"TMA": True, "FUSED_BWD": False}, {"dkdv": c, "dq": OLD_DQ[key]})
-            for c in DKDV_CFGS]
+    out += [("auto", "fwd", DEFAULTS, "auto")]
+    base = {**fwd, "dkdv": OLD_DKDV[key], "dq": OLD_DQ[key]}
+    out += [("old", "bwd", {}, base), ("ptr", "bwd", {}, base),
+            (f"ptr dq {DQ_CFGS[1]}", "bwd", {}, {**base, "dq": DQ_CFGS[1]})]
+    out += [(f"tma dkdv {c}", "bwd", {"TMA_BWD": True}, {**fwd, "dkdv": c, "dq": OLD_DQ[key]}) for c in DKDV_CFGS]
     # dq configs are timed with the best dkdv config found above (filled in at run time: "dkdv": None)
-    out += [(f"tma dq {c}", "bwd", {"TMA": True, "FUSED_BWD": False}, {"dkdv": None, "dq": c}) for c in DQ_CFGS]
-    out += [(f"fused tma {c}", "bwd", {"TMA": True, "FUSED_BWD": True}, {"dkdv": c}) for c in FUSED_CFGS]
-    out += [(f"fused ptr {FUSED_CFGS[0]}", "bwd", {"TMA": False, "FUSED_BWD": True}, {"dkdv": FUSED_CFGS[0]})]
+    out += [(f"tma dq {c}", "bwd", {"TMA_BWD": True}, {**fwd, "dkdv": None, "dq": c}) for c in DQ_CFGS]
+    out += [(f"fused tma {c}", "bwd", {"TMA_BWD": True, "FUSED_BWD": True}, {**fwd, "dkdv": c}) for c in FUSED_CFGS]
+    out += [("auto", "bwd", DEFAULTS, "auto")]
+    out += [("old (again)", "fwd", {}, fwd), ("ptr (again)", "fwd", {"TMA": False}, fwd),
+            ("old (again)", "bwd", {}, base), ("ptr (again)", "bwd", {}, base)]
     return out
 
 
@@ -83,11 +95,16 @@ def load_old(path):
 
 
 def apply(mod, switches, cfgs):
-    """Set the module's switches and pin one config per kernel."""
+    """Set the module's switches and pin one config per kernel (``cfgs == "auto"``: the shipped lists)."""
     for name in SWITCHES:
         if hasattr(mod, name):
             setattr(mod, name, switches.get(name, False))
     kernels = {"fwd": mod._fwd_kernel, "dkdv": mod._bwd_dkdv_kernel, "dq": mod._bwd_dq_kernel}
+    if cfgs == "auto":
+        for name, kern in kernels.items():
+            kern.configs = SHIPPED[name]
+            kern.cache.clear()
+        return
     for name, c in cfgs.items():
         if c is None:
             continue
@@ -129,8 +146,8 @@ def _compile_one(job):
     """Worker: run a candidate once at the timing shape (B = 1) so Triton compiles and caches it."""
     old_path, d, causal, cand = job
     name, pas, switches, cfgs = cand
-    mod = load_old(old_path) if name == "old" else fl
-    if cfgs.get("dkdv", 0) is None:  # dq sweep: any dkdv config compiles the dq kernel
+    mod = load_old(old_path) if name.startswith("old") else fl
+    if cfgs != "auto" and cfgs.get("dkdv", 0) is None:  # dq sweep: any dkdv config compiles the dq kernel
         cfgs = {**cfgs, "dkdv": OLD_DKDV[(d, causal)]}
     apply(mod, switches, cfgs)
     q, k, v, do = inputs(1, 1, N, d, 0)
@@ -160,7 +177,7 @@ def main():
     args = p.parse_args()
     cases = CASES if args.cases == "all" else [(int(c[:-1]), c[-1] == "c") for c in args.cases.split(",")]
     jobs = [(args.old, d, causal, c) for d, causal in cases for c in candidates(d, causal)
-            if args.old or c[0] != "old"]
+            if (args.old or not c[0].startswith("old")) and "again" not in c[0]]
     t0 = time.time()
     import multiprocessing as mp
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as ex:
@@ -188,15 +205,21 @@ def main():
                 sdpa[(tag, "bwd")] = bench(lambda: torch.autograd.grad(og, (qg, kg, vg), do, retain_graph=True))
         best_dkdv = (math.inf, OLD_DKDV[(d, causal)])
         for name, pas, switches, cfgs in candidates(d, causal):
-            if name == "old" and old is None:
+            if name.startswith("old") and old is None:
                 continue
-            if (d, causal, name, pas) in failed:
+            if (d, causal, name.replace(" (again)", ""), pas) in failed:
                 continue
-            mod = old if name == "old" else fl
-            if cfgs.get("dkdv", 0) is None:
+            mod = old if name.startswith("old") else fl
+            if cfgs != "auto" and cfgs.get("dkdv", 0) is None:
                 cfgs = {**cfgs, "dkdv": best_dkdv[1]}
             apply(mod, switches, cfgs)
             try:
+                if cfgs == "auto":  # tune at the timing shape, as the bench does, before the small check
+                    run_pass(mod, pas, q, k, v, do, causal)
+                    kerns = [mod._fwd_kernel] if pas == "fwd" else [mod._bwd_dkdv_kernel, mod._bwd_dq_kernel]
+                    name = "auto " + "; ".join(
+                        "{BLOCK_M}x{BLOCK_N}".format(**kn.best_config.kwargs)
+                        + f" w{kn.best_config.num_warps} s{kn.best_config.num_stages}" for kn in kerns)
                 got = run_pass(mod, pas, qs, ks, vs, dos, causal)
                 errs = [rel(x, r) for x, r in zip(got, ref[:1] if pas == "fwd" else ref[1:])]
                 ms = bench(lambda: run_pass(mod, pas, q, k, v, do, causal)) if pas == "fwd" else None
@@ -209,14 +232,14 @@ def main():
             if name.startswith("tma dkdv") and ms < best_dkdv[0]:
                 best_dkdv = (ms, cfgs["dkdv"])
             work = flops * (2.5 if pas == "bwd" else 1.0)
-            shown = name if cfgs.get("dq") is None or not name.startswith("tma dq") else f"{name} dkdv {cfgs['dkdv']}"
+            shown = f"{name} dkdv {cfgs['dkdv']}" if name.startswith("tma dq") else name
             row = (d, causal, pas, shown, ms, work / ms / 1e9, sdpa[("cudnn", pas)] / ms,
                    sdpa[("flash", pas)] / ms, max(errs))
             rows.append(row)
             ok = "" if max(errs) < 2e-2 else "  WRONG"
             print(f"{d:4d} {causal!s:>6} {pas:>4} {shown:<34} {ms:7.3f} {row[5]:7.1f} {row[6]:7.3f} {row[7]:7.3f}  "
                   f"{' '.join(f'{e:.1e}' for e in errs)}{ok}", flush=True)
-            if max(errs) < 2e-2 and name != "old" and (ms < best.get((d, causal, pas), (math.inf,))[0]):
+            if max(errs) < 2e-2 and not name.startswith("old") and ms < best.get((d, causal, pas), (math.inf,))[0]:
                 best[(d, causal, pas)] = (ms, shown, row)
         for pas in ("fwd", "bwd"):
             print(f"{d:4d} {causal!s:>6} {pas:>4} {'sdpa cudnn / flash':<34} {sdpa[('cudnn', pas)]:7.3f} "

@@ -57,14 +57,15 @@ __all__ = ["flash_attention", "flash_forward", "flash_backward", "FlashAttention
 
 # ---------------------------------------------------------------- switches (module level: the A/B script and
 # the tests flip them; each is a constexpr of the kernels, so both settings compile side by side)
-#: read Q/K/V/dO tiles through host tensor descriptors (TMA bulk copies) where :func:`tma_ok` allows.
+#: forward: read the Q, K, V tiles through host tensor descriptors (TMA bulk copies) where :func:`tma_ok`
+#: allows. H200, bf16, N = 8192 (benchmarks/h200_dense_ab.log): +10 % at d = 128 (+14 % causal), +3-7 % at d = 64.
 TMA = TMA_DEFAULT
-#: causal forward: one flat grid, the heaviest query blocks (last rows: most keys) of all heads first.
-CAUSAL_LPT = False
-#: ``tl.range(..., warp_specialize=True)`` on the forward's key loop (a Blackwell feature; see dense_ab.py).
-WARP_SPECIALIZE = False
+#: backward: the same for the Q, dO tiles of the dK/dV kernel and the K, V tiles of the dQ kernel. Measured
+#: within +-2 % of the pointer loads on the H200, so off by default (the pointer path is the one tuned).
+TMA_BWD = False
 #: backward in one pass over key blocks, dQ added with float32 atomics (not deterministic), instead of a
-#: second kernel over query blocks (deterministic, recomputes S and dP).
+#: second kernel over query blocks (deterministic; recomputes S and dP). Measured 4-17 % slower on the H200
+#: (the atomics of a (BLOCK_M, d) float32 tile per step cost more than the recomputation saves), so off.
 FUSED_BWD = False
 
 
@@ -140,27 +141,22 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, of
                qk_scale, N_K, OFFSET,
                D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
-               TMA: tl.constexpr, WS: tl.constexpr):
+               TMA: tl.constexpr):
     """Online softmax over key blocks [lo, hi) (lo, hi multiples of BLOCK_N)."""
-    if WS:
-        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=True):
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d,
-                                      offs_dv, start_n, qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N,
-                                      MASKED, CAUSAL, PREC, TMA)
-    else:
-        for start_n in range(lo, hi, BLOCK_N):
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d,
-                                      offs_dv, start_n, qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N,
-                                      MASKED, CAUSAL, PREC, TMA)
+    for start_n in range(lo, hi, BLOCK_N):
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d,
+                                  offs_dv, start_n, qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N,
+                                  MASKED, CAUSAL, PREC, TMA)
     return acc, l_i, m_i
 
 
 @triton.autotune(
-    configs=configs([(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
-                    (128, 64, 4, 3), (32, 16, 4, 1),
+    # H200 picks (benchmarks/h200_dense_ab.log): (128, 128, 8, 3) at d = 128, (128, 64, 8, 3 or 4) at d = 64
+    configs=configs([(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4)],
+                    (128, 64, 8, 3), (32, 16, 4, 1),
                     pre_hook=descriptor_hook({"Q": ("BLOCK_M", "BLOCK_D"), "K": ("BLOCK_N", "BLOCK_D"),
                                               "V": ("BLOCK_N", "BLOCK_DV")})),
-    key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC", "TMA", "LPT", "WS"],  # tuned once per head dim (bench: N = 8192)
+    key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC", "TMA"],  # tuned once per head dim (the bench: at N = 8192)
     prune_configs_by={"early_config_prune": prune_for_head_dim},
 )
 @triton.jit
@@ -168,17 +164,10 @@ def _fwd_kernel(Q, K, V, O, LSE,
                 stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn, stride_oz, stride_on,
                 N_Q, N_K, OFFSET, qk_scale,
                 D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                CAUSAL: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr, LPT: tl.constexpr, WS: tl.constexpr,
+                CAUSAL: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    if LPT:
-        # causal tile ordering on a flat grid: programs 0 .. Z-1 take the last query block of every head
-        # (the most keys), the lightest blocks run last and fill the tail of the wave
-        n_z = tl.num_programs(0) // tl.cdiv(N_Q, BLOCK_M)
-        pid_m = tl.cdiv(N_Q, BLOCK_M) - 1 - tl.program_id(0) // n_z
-        z = (tl.program_id(0) % n_z).to(tl.int64)
-    else:
-        pid_m = tl.program_id(0)
-        z = tl.program_id(1).to(tl.int64)
+    pid_m = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -207,10 +196,10 @@ def _fwd_kernel(Q, K, V, O, LSE,
     # two loops: no mask at all on the blocks every row sees in full, the element mask only on the rest
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
                                0, full, qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N,
-                               False, CAUSAL, PREC, TMA, WS)
+                               False, CAUSAL, PREC, TMA)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
                                full, hi, qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N,
-                               True, CAUSAL, PREC, TMA, False)
+                               True, CAUSAL, PREC, TMA)
     has = l_i > 0
     o = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, (m_i + tl.math.log2(tl.where(has, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
@@ -280,8 +269,10 @@ _DKDV_HOOK = descriptor_hook({"Q": ("BLOCK_M", "BLOCK_D"), "DO": ("BLOCK_M", "BL
 
 
 @triton.autotune(
-    # (128, 128, 8, 2): picked for causal d = 128 on the H200 (benchmarks/h200_dense_ab.log)
-    configs=configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)], (64, 128, 8, 3),
+    # H200 picks (benchmarks/h200_dense_ab.log): (64, 128, 8, 3) or (128, 128, 8, 2) at d = 128, (32 or 64,
+    # 128, 4, 3) at d = 64
+    configs=configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+                    (64, 128, 8, 3),
                     (16, 32, 4, 1), pre_hook=_DKDV_HOOK),
     key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC", "TMA", "FUSED_DQ"],
     prune_configs_by={"early_config_prune": prune_for_head_dim},
@@ -317,7 +308,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV_, DQ,
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     end = tl.cdiv(N_Q, BLOCK_M) * BLOCK_M
-    full_end = N_Q // BLOCK_M * BLOCK_M                                          # query blocks without a tail
+    full_end = N_Q // BLOCK_M * BLOCK_M                                          # end of the full query blocks
     if CAUSAL:
         # rows that see key start_n: i >= start_n - OFFSET; rows that see the whole block:
         # i >= start_n + BLOCK_N - 1 - OFFSET.
@@ -329,13 +320,15 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV_, DQ,
                              True, True, PREC, TMA, FUSED_DQ)
     else:
         mid = 0
-    # three loops: causal diagonal (above), full query blocks with no mask at all, the tail block of Nq
+    if TMA:
+        # the tail query block on its own: only there are the next head's rows zeroed (ROWS)
+        dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, DQ, q_row0, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d,
+                             offs_dv, mid, full_end, qk_scale, scale, N_Q, OFFSET, D, DV, BLOCK_D, BLOCK_DV,
+                             BLOCK_M, False, False, PREC, TMA, FUSED_DQ)
+        mid = tl.maximum(mid, full_end)
     dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, DQ, q_row0, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d,
-                         offs_dv, mid, full_end, qk_scale, scale, N_Q, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_M,
-                         False, False, PREC, TMA, FUSED_DQ)
-    dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, DQ, q_row0, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d,
-                         offs_dv, tl.maximum(mid, full_end), end, qk_scale, scale, N_Q, OFFSET, D, DV, BLOCK_D,
-                         BLOCK_DV, BLOCK_M, False, True, PREC, TMA, FUSED_DQ)
+                         offs_dv, mid, end, qk_scale, scale, N_Q, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_M,
+                         False, True, PREC, TMA, FUSED_DQ)
     dk = dk * scale
     row_ok = offs_n[:, None] < N_K
     tl.store(DK + z * stride_kz + offs_n[:, None] * stride_kn + offs_d[None, :], dk.to(DK.dtype.element_ty),
@@ -373,8 +366,10 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, kv_row0, stride_kn, stride_vn, offs_
 
 
 @triton.autotune(
-    # (128, 128, 8, 2): picked for non-causal d = 128 on the H200 (benchmarks/h200_dense_ab.log)
-    configs=configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)], (128, 64, 8, 3),
+    # H200 picks (benchmarks/h200_dense_ab.log): (128, 128, 8, 2) or (128, 64, 8, 3) at d = 128, (128, 64, 4 or
+    # 8, 3) at d = 64
+    configs=configs([(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+                    (128, 64, 8, 3),
                     (32, 16, 4, 1),
                     pre_hook=descriptor_hook({"K": ("BLOCK_N", "BLOCK_D"), "V": ("BLOCK_N", "BLOCK_DV")})),
     key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC", "TMA"],  # tuned once per head dim; the bench tunes at N = 8192
@@ -440,14 +435,13 @@ def flash_forward(q, k, v, *, causal=False, scale=None, check_finite=True):
     lse = torch.empty((z, nq), dtype=torch.float32, device=q.device)
     bd, bdv = block_dim(d), block_dim(dv)
     tma = TMA and tma_ok(q3, k3, v3)
-    lpt = CAUSAL_LPT and mode is not None
     qa, ka, va = _operands(tma, (bd, bd, bdv), q3, k3, v3)
-    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]) * z, 1) if lpt else (triton.cdiv(nq, meta["BLOCK_M"]), z)
+    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), z)
     _fwd_kernel[grid](qa, ka, va, o, lse,
                       q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
                       o.stride(0), o.stride(1), nq, nk, offset, scale * LOG2E,
                       D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv,
-                      CAUSAL=mode is not None, PREC=precision(q.dtype), TMA=tma, LPT=lpt, WS=WARP_SPECIALIZE)
+                      CAUSAL=mode is not None, PREC=precision(q.dtype), TMA=tma)
     return o.reshape(*lead, nq, dv), lse.reshape(*lead, nq)
 
 
@@ -470,7 +464,7 @@ def flash_backward(q, k, v, o, lse, do, *, causal=False, scale=None):
                                                   DV=dv, BLOCK_DV=bdv, BLOCK_M=pre_m)
     dk = torch.empty_like(k3)
     dv_ = torch.empty_like(v3)
-    tma = TMA and tma_ok(q3, k3, v3, do3)
+    tma = TMA_BWD and tma_ok(q3, k3, v3, do3)
     common = dict(D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, CAUSAL=mode is not None, PREC=precision(q.dtype), TMA=tma)
     strides = (q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
                do3.stride(0), do3.stride(1))

@@ -104,13 +104,13 @@ def test_flash_bf16_on_gpu_at_size(causal):
     _run((1, 2), 1000, 1000, 128, 128, causal, torch.bfloat16, seed=4)
 
 
-# every switch combination of flash.py's Hopper options against the plain path (pointer loads, two backward
-# kernels): tensor-descriptor (TMA) loads, causal heaviest-first tile order, fused backward with atomic dQ
+# flash.py's switches against the plain path (pointer loads, two backward kernels): tensor-descriptor (TMA)
+# loads in the forward and in the backward, the fused backward with atomic dQ
 PATHS = [(True, False, False), (False, True, False), (False, False, True), (True, True, True)]
 
 
-@pytest.mark.parametrize("tma,lpt,fused", PATHS)
-def test_flash_paths_agree(monkeypatch, tma, lpt, fused):
+@pytest.mark.parametrize("tma,tma_bwd,fused", PATHS)
+def test_flash_paths_agree(monkeypatch, tma, tma_bwd, fused):
     skip_without_device()
     import gpu_optional.flash as fl
 
@@ -119,16 +119,16 @@ def test_flash_paths_agree(monkeypatch, tma, lpt, fused):
     # rows are 96 bytes: TMA allowed. Causal bottom-right with Nq > Nk: fully masked rows too.
     q, k, v, do = (randn((2, n, 24), torch.float32, gen) for n in (150, 97, 97, 150))
     outs, make_descriptor = {}, fl.descriptor
-    for key in ((False, False, False), (tma, lpt, fused)):
+    for key in ((False, False, False), (tma, tma_bwd, fused)):
         monkeypatch.setattr(fl, "TMA", key[0])
-        monkeypatch.setattr(fl, "CAUSAL_LPT", key[1])
+        monkeypatch.setattr(fl, "TMA_BWD", key[1])
         monkeypatch.setattr(fl, "FUSED_BWD", key[2])
         made = []
         monkeypatch.setattr(fl, "descriptor", lambda *a, made=made: made.append(1) or make_descriptor(*a))
         o, lse = fl.flash_forward(q, k, v, causal=True)
         outs[key] = (o, lse) + fl.flash_backward(q, k, v, o, lse, do, causal=True)
-        assert bool(made) == key[0]  # the TMA path really ran (or really did not)
-    base, got = outs[(False, False, False)], outs[(tma, lpt, fused)]
+        assert bool(made) == (key[0] or key[1])  # the TMA path really ran (or really did not)
+    base, got = outs[(False, False, False)], outs[(tma, tma_bwd, fused)]
     rdq, _, _ = attention_backward(np64(q), np64(k), np64(v), np64(do), causal=True)
     exact = ["o", "lse", "dk", "dv"] + ([] if fused else ["dq"])  # atomics add dQ in any order
     for i, name in enumerate(["o", "lse", "dq", "dk", "dv"]):
@@ -150,6 +150,7 @@ def test_flash_tails_do_not_read_the_next_head(monkeypatch, tma, causal):
     import gpu_optional.flash as fl
 
     monkeypatch.setattr(fl, "TMA", tma)
+    monkeypatch.setattr(fl, "TMA_BWD", tma)
     gen = torch.Generator().manual_seed(8)
     q, k, v, do = (randn((2, 40, 16), torch.float32, gen) for _ in range(4))
     for x in (q, k, v, do):
