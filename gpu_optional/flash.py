@@ -12,6 +12,11 @@ per (query block of BLOCK_M rows, batch*head z)::
         l = alpha*l + rowsum P;  acc = alpha*acc + P V_j
     O_i = acc / l;   LSE_i = (m + log2 l) * ln 2        # natural-log LSE
 
+Hopper (sm_90) specifics, each measured in benchmarks/h200_dense_ab.log (numbers at the switches below):
+Q, K and V tiles arrive by TMA bulk copies through host tensor descriptors (``TMA``), and the scale is folded into
+exp2's argument (one FMA per logit). Tried and dropped: warp specialisation and causal heaviest-first tile
+order (both slower), TMA in the backward and a fused atomic-dQ backward (not faster; switches kept, tested).
+
 Key blocks split in two loops: the blocks every row of the query block sees
 in full (no mask at all) and the rest (boundary of Nk, causal diagonal),
 which apply the element mask. A row with no visible key keeps m = -inf: the
@@ -23,7 +28,7 @@ refattn's convention; ``causal="top_left"`` gives PyTorch's ``is_causal``.
 Backward (FlashAttention-2's order, recomputing P from the saved LSE):
 a preprocessing pass writes D_i = rowsum(dO_i * O_i) and LSE in base 2; one
 kernel per key block accumulates dK_j, dV_j over query blocks; one kernel per
-query block accumulates dQ_i over key blocks (no atomics)::
+query block accumulates dQ_i over key blocks (no atomics: deterministic)::
 
     P = exp2(S - LSE2);  dV += P^T dO;  dP = dO V^T;  dS = P * (dP - D)
     dK += scale * dS^T Q;  dQ += scale * dS K
@@ -57,15 +62,17 @@ __all__ = ["flash_attention", "flash_forward", "flash_backward", "FlashAttention
 
 # ---------------------------------------------------------------- switches (module level: the A/B script and
 # the tests flip them; each is a constexpr of the kernels, so both settings compile side by side)
+# Measured on the H200, bf16, N = 8192, same run, against the pointer path (benchmarks/h200_dense_ab.log):
 #: forward: read the Q, K, V tiles through host tensor descriptors (TMA bulk copies) where :func:`tma_ok`
-#: allows. H200, bf16, N = 8192 (benchmarks/h200_dense_ab.log): +10 % at d = 128 (+14 % causal), +3-7 % at d = 64.
+#: allows: -5 to -8 % time at d = 128 (2.19 -> 2.02 ms), -10 % causal (1.20 -> 1.08 ms); at d = 64 -2 %,
+#: causal 0 to +1 % (two runs: h200_dense_ab_sweep1.log and h200_dense_ab.log).
 TMA = TMA_DEFAULT
-#: backward: the same for the Q, dO tiles of the dK/dV kernel and the K, V tiles of the dQ kernel. Measured
-#: within +-2 % of the pointer loads on the H200, so off by default (the pointer path is the one tuned).
+#: backward: the same for the Q, dO tiles of the dK/dV kernel and the K, V tiles of the dQ kernel: +0 to +4 %
+#: time with the same configs, -1 to -4 % with others in some cases; mixed and near the spread, so off.
 TMA_BWD = False
 #: backward in one pass over key blocks, dQ added with float32 atomics (not deterministic), instead of a
-#: second kernel over query blocks (deterministic; recomputes S and dP). Measured 4-17 % slower on the H200
-#: (the atomics of a (BLOCK_M, d) float32 tile per step cost more than the recomputation saves), so off.
+#: second kernel over query blocks (deterministic; recomputes S and dP): 9-34 % slower (d = 128: 9.5 vs
+#: 7.1 ms), as the (BLOCK_M, d) float32 atomics of every step cost more than the two matmuls they save; off.
 FUSED_BWD = False
 
 
@@ -128,6 +135,7 @@ def _fwd_step(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, off
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         m_shift = m_new
     # scale * log2 e folded into the exponent: one FMA per logit instead of a multiply and a subtract
+    # (-1 to -4 % time at d = 64 and 128, against the kernel that scaled S first)
     p = tl.math.exp2(s * qk_scale - m_shift[:, None])
     alpha = tl.math.exp2(m_i - m_shift)
     l_i = l_i * alpha + tl.sum(p, 1)
@@ -151,7 +159,9 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, of
 
 
 @triton.autotune(
-    # H200 picks (benchmarks/h200_dense_ab.log): (128, 128, 8, 3) at d = 128, (128, 64, 8, 3 or 4) at d = 64
+    # H200 picks (benchmarks/h200_dense_ab.log): (128, 128, 8, 3) at d = 128, (128, 64, 8, 3 or 4) at d = 64.
+    # Deeper pipelines do not pay: 4 stages of 128 x 128 K, V tiles need 296 KB of shared memory at d = 128
+    # (227 KB exist); (128, 64, 8, 4) ran 3 % slower than 3 stages at d = 128, -1 to +3 % at d = 64.
     configs=configs([(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4)],
                     (128, 64, 8, 3), (32, 16, 4, 1),
                     pre_hook=descriptor_hook({"Q": ("BLOCK_M", "BLOCK_D"), "K": ("BLOCK_N", "BLOCK_D"),
