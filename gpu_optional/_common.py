@@ -11,6 +11,7 @@ import os
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from refattn.validation import check_scale, normalize_causal
 
@@ -27,17 +28,50 @@ def autotune_on() -> bool:
     return not INTERPRET and os.environ.get("GPU_OPTIONAL_AUTOTUNE", "1") != "0"
 
 
-def configs(gpu_list, gpu_default, interp):
+def configs(gpu_list, gpu_default, interp, pre_hook=None):
     """Pick the Triton configs: ``interp`` under the interpreter; on a GPU the list (autotuned) or,
-    with ``GPU_OPTIONAL_AUTOTUNE=0``, the default plus a small fallback for big head dims."""
+    with ``GPU_OPTIONAL_AUTOTUNE=0``, the default plus a small fallback for big head dims.
+    ``pre_hook`` (see :func:`descriptor_hook`) runs before each launch with the config's block sizes."""
     def make(c):
         bm, bn, w, s = c
-        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=pre_hook)
 
     if INTERPRET:
         return [make(interp)]
     chosen = list(gpu_list) if autotune_on() else [gpu_default]
     return [make(c) for c in chosen + [SMALL_CONFIG]]
+
+
+def descriptor_hook(spec):
+    """A config pre-hook giving each host tensor descriptor its block shape: ``spec`` maps a kernel argument
+    to the names of its (rows, columns) block sizes, e.g. ``{"K": ("BLOCK_N", "BLOCK_D")}``. Arguments passed
+    as plain tensors (the pointer path) are left alone."""
+    def hook(nargs):
+        for name, (rows, cols) in spec.items():
+            x = nargs[name]
+            if isinstance(x, TensorDescriptor):
+                x.block_shape = [nargs[rows], nargs[cols]]
+    return hook
+
+
+#: GPU_OPTIONAL_TMA=0 turns the tensor-descriptor (TMA) loads off everywhere; tests flip ``flash.TMA`` too.
+TMA_DEFAULT = os.environ.get("GPU_OPTIONAL_TMA", "1") != "0"
+
+
+def tma_ok(*tensors) -> bool:
+    """Can (Z, N, d) tensors be read through 2-D tensor descriptors over (Z*N, d)? Needs a Hopper-class GPU
+    (compute capability >= 9; any device under the interpreter), 16-byte aligned bases and rows
+    (d * itemsize % 16 == 0), and row coordinates that fit int32."""
+    if not INTERPRET and torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+        return False
+    return all(x.data_ptr() % 16 == 0 and (x.shape[-1] * x.element_size()) % 16 == 0
+               and x.shape[0] * x.shape[1] < 2**31 for x in tensors)
+
+
+def descriptor(x, block_rows, block_cols):
+    """Host tensor descriptor over contiguous (Z, N, d) ``x`` seen as (Z*N, d); blocks re-set by the pre-hook."""
+    z, n, d = x.shape
+    return TensorDescriptor(x.view(z * n, d), [z * n, d], [d, 1], [block_rows, block_cols])
 
 
 #: fits shared memory at head dim 256 in float32; always offered as the last resort.

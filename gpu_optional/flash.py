@@ -12,6 +12,11 @@ per (query block of BLOCK_M rows, batch*head z)::
         l = alpha*l + rowsum P;  acc = alpha*acc + P V_j
     O_i = acc / l;   LSE_i = (m + log2 l) * ln 2        # natural-log LSE
 
+Hopper (sm_90) specifics, each measured in benchmarks/h200_dense_ab.log (numbers at the switches below):
+Q, K and V tiles arrive by TMA bulk copies through host tensor descriptors (``TMA``), and the scale is folded into
+exp2's argument (one FMA per logit). Tried and dropped: warp specialisation and causal heaviest-first tile
+order (both slower), TMA in the backward and a fused atomic-dQ backward (not faster; switches kept, tested).
+
 Key blocks split in two loops: the blocks every row of the query block sees
 in full (no mask at all) and the rest (boundary of Nk, causal diagonal),
 which apply the element mask. A row with no visible key keeps m = -inf: the
@@ -23,7 +28,7 @@ refattn's convention; ``causal="top_left"`` gives PyTorch's ``is_causal``.
 Backward (FlashAttention-2's order, recomputing P from the saved LSE):
 a preprocessing pass writes D_i = rowsum(dO_i * O_i) and LSE in base 2; one
 kernel per key block accumulates dK_j, dV_j over query blocks; one kernel per
-query block accumulates dQ_i over key blocks (no atomics)::
+query block accumulates dQ_i over key blocks (no atomics: deterministic)::
 
     P = exp2(S - LSE2);  dV += P^T dO;  dP = dO V^T;  dS = P * (dP - D)
     dK += scale * dS^T Q;  dQ += scale * dS K
@@ -40,15 +45,35 @@ import triton.language as tl
 
 from gpu_optional._common import (
     LOG2E,
+    TMA_DEFAULT,
     block_dim,
     check_qkv,
     configs,
+    descriptor,
+    descriptor_hook,
     flatten,
     precision,
     prune_for_head_dim,
+    tma_ok,
 )
 
 __all__ = ["flash_attention", "flash_forward", "flash_backward", "FlashAttentionFunction"]
+
+
+# ---------------------------------------------------------------- switches (module level: the A/B script and
+# the tests flip them; each is a constexpr of the kernels, so both settings compile side by side)
+# Measured on the H200, bf16, N = 8192, same run, against the pointer path (benchmarks/h200_dense_ab.log):
+#: forward: read the Q, K, V tiles through host tensor descriptors (TMA bulk copies) where :func:`tma_ok`
+#: allows: -5 to -8 % time at d = 128 (2.19 -> 2.02 ms), -10 % causal (1.20 -> 1.08 ms); at d = 64 -2 %,
+#: causal 0 to +1 % (two runs: h200_dense_ab_sweep1.log and h200_dense_ab.log).
+TMA = TMA_DEFAULT
+#: backward: the same for the Q, dO tiles of the dK/dV kernel and the K, V tiles of the dQ kernel: +0 to +4 %
+#: time with the same configs, -1 to -4 % with others in some cases; mixed and near the spread, so off.
+TMA_BWD = False
+#: backward in one pass over key blocks, dQ added with float32 atomics (not deterministic), instead of a
+#: second kernel over query blocks (deterministic; recomputes S and dP): 9-34 % slower (d = 128: 9.5 vs
+#: 7.1 ms), as the (BLOCK_M, d) float32 atomics of every step cost more than the two matmuls they save; off.
+FUSED_BWD = False
 
 
 # ---------------------------------------------------------------- tile helpers
@@ -69,43 +94,79 @@ def _load_rows(ptrs, rows, n_rows, cols, n_cols, CHECK_ROWS: tl.constexpr, CHECK
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv, lo, hi,
+def _tile(X, row0, start, rows, n_rows, cols, n_cols, stride,
+          CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr, TMA: tl.constexpr):
+    """Rows [start, start + len(rows)) of one head, columns ``cols``.
+
+    TMA: ``X`` is a tensor descriptor over (Z*N, d), ``row0 = z*N``; one bulk copy fills the tile; columns
+    >= d and rows past Z*N read 0, rows past N read the next head (callers make their P zero).
+    Otherwise ``X`` points at the head's row 0 and masked lanes read 0.
+    """
+    if TMA:
+        x = X.load([row0 + start, 0])
+    else:
+        x = _load_rows(X + rows[:, None] * stride + cols[None, :], rows, n_rows, cols, n_cols, CHECK_ROWS, CHECK_COLS)
+    return x
+
+
+# ---------------------------------------------------------------- forward
+@triton.jit
+def _fwd_step(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv, start_n,
+              qk_scale, N_K, OFFSET,
+              D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+              TMA: tl.constexpr):
+    """One key block of the online softmax."""
+    start_n = tl.multiple_of(start_n, BLOCK_N)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _tile(K, kv_row0, start_n, offs_n, N_K, offs_d, D, stride_kn, MASKED, BLOCK_D != D, TMA)   # (BLOCK_N, BLOCK_D)
+    v = _tile(V, kv_row0, start_n, offs_n, N_K, offs_dv, DV, stride_vn, MASKED, BLOCK_DV != DV, TMA)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)                            # (BLOCK_M, BLOCK_N), unscaled
+    if MASKED:
+        keep = offs_n[None, :] < N_K
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= offs_m[:, None] + OFFSET)
+        s = tl.where(keep, s, float("-inf"))
+        if TMA:  # rows past N_K belong to the next head: P is 0 there, and 0 * V must stay 0
+            v = tl.where(offs_n[:, None] < N_K, v, 0.0)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)                 # fully masked row so far
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_shift = m_new
+    # scale * log2 e folded into the exponent: one FMA per logit instead of a multiply and a subtract
+    # (-1 to -4 % time at d = 64 and 128, against the kernel that scaled S first)
+    p = tl.math.exp2(s * qk_scale - m_shift[:, None])
+    alpha = tl.math.exp2(m_i - m_shift)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv, lo, hi,
                qk_scale, N_K, OFFSET,
                D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr):
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+               TMA: tl.constexpr):
     """Online softmax over key blocks [lo, hi) (lo, hi multiples of BLOCK_N)."""
-    arange_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
-        offs_n = start_n + arange_n
-        k = _load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n, N_K, offs_d, D,
-                       MASKED, BLOCK_D != D)                                   # (BLOCK_N, BLOCK_D)
-        v = _load_rows(V + offs_n[:, None] * stride_vn + offs_dv[None, :], offs_n, N_K, offs_dv, DV,
-                       MASKED, BLOCK_DV != DV)                                 # (BLOCK_N, BLOCK_DV)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale            # (BLOCK_M, BLOCK_N), base 2
-        if MASKED:
-            keep = offs_n[None, :] < N_K
-            if CAUSAL:
-                keep = keep & (offs_n[None, :] <= offs_m[:, None] + OFFSET)
-            s = tl.where(keep, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)             # fully masked row so far
-        else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_shift = m_new
-        p = tl.math.exp2(s - m_shift[:, None])
-        alpha = tl.math.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
-        m_i = m_new
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d,
+                                  offs_dv, start_n, qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N,
+                                  MASKED, CAUSAL, PREC, TMA)
     return acc, l_i, m_i
 
 
 @triton.autotune(
-    configs=configs([(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
-                    (128, 64, 4, 3), (32, 16, 4, 1)),
-    key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC"],  # tuned once per head dim; the bench tunes at N = 8192
+    # H200 picks (benchmarks/h200_dense_ab.log): (128, 128, 8, 3) at d = 128, (128, 64, 8, 3 or 4) at d = 64.
+    # Deeper pipelines do not pay: 4 stages of 128 x 128 K, V tiles need 296 KB of shared memory at d = 128
+    # (227 KB exist); (128, 64, 8, 4) ran 3 % slower than 3 stages at d = 128, -1 to +3 % at d = 64.
+    configs=configs([(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4)],
+                    (128, 64, 8, 3), (32, 16, 4, 1),
+                    pre_hook=descriptor_hook({"Q": ("BLOCK_M", "BLOCK_D"), "K": ("BLOCK_N", "BLOCK_D"),
+                                              "V": ("BLOCK_N", "BLOCK_DV")})),
+    key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC", "TMA"],  # tuned once per head dim (the bench: at N = 8192)
     prune_configs_by={"early_config_prune": prune_for_head_dim},
 )
 @triton.jit
@@ -113,18 +174,24 @@ def _fwd_kernel(Q, K, V, O, LSE,
                 stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn, stride_oz, stride_on,
                 N_Q, N_K, OFFSET, qk_scale,
                 D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                CAUSAL: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     z = tl.program_id(1).to(tl.int64)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    Q += z * stride_qz
-    K += z * stride_kz
-    V += z * stride_vz
-    q = _load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m, N_Q, offs_d, D,
-                   True, BLOCK_D != D)                                           # (BLOCK_M, BLOCK_D)
+    if TMA:
+        q_row0 = (z * N_Q).to(tl.int32)
+        kv_row0 = (z * N_K).to(tl.int32)
+    else:
+        Q += z * stride_qz
+        K += z * stride_kz
+        V += z * stride_vz
+        q_row0 = 0
+        kv_row0 = 0
+    q = _tile(Q, q_row0, start_m, offs_m, N_Q, offs_d, D, stride_qn, True, BLOCK_D != D, TMA)   # (BLOCK_M, BLOCK_D)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -136,12 +203,13 @@ def _fwd_kernel(Q, K, V, O, LSE,
     else:
         hi = N_K
         full = N_K // BLOCK_N * BLOCK_N
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
+    # two loops: no mask at all on the blocks every row sees in full, the element mask only on the rest
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
                                0, full, qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N,
-                               False, CAUSAL, PREC)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
+                               False, CAUSAL, PREC, TMA)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
                                full, hi, qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N,
-                               True, CAUSAL, PREC)
+                               True, CAUSAL, PREC, TMA)
     has = l_i > 0
     o = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, (m_i + tl.math.log2(tl.where(has, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
@@ -172,19 +240,23 @@ def _bwd_preprocess(O, DO, LSE, DELTA, LSE2, stride_z, stride_n, N_Q,
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d, offs_dv, lo, hi,
-                qk_scale, N_Q, OFFSET,
+def _dkdv_inner(dk, dv, k, v, Q, DO, DQ, q_row0, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d, offs_dv,
+                lo, hi, qk_scale, scale, N_Q, OFFSET,
                 D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                BLOCK_M: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr):
-    """Accumulate dK_j, dV_j over query blocks [lo, hi). Rows >= N_Q read LSE2 = +inf, so P = 0."""
+                BLOCK_M: tl.constexpr, MASKED: tl.constexpr, ROWS: tl.constexpr, PREC: tl.constexpr,
+                TMA: tl.constexpr, FUSED_DQ: tl.constexpr):
+    """Accumulate dK_j, dV_j over query blocks [lo, hi); FUSED_DQ: also add scale * dS K_j to dQ atomically.
+    MASKED: the causal mask; ROWS: the blocks may pass N_Q. Rows >= N_Q read LSE2 = +inf (P, dS = 0) and
+    Q = dO = 0."""
     arange_m = tl.arange(0, BLOCK_M)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_m = start_m + arange_m
-        q = _load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m, N_Q, offs_d, D,
-                       True, BLOCK_D != D)                                       # (BLOCK_M, BLOCK_D)
-        do = _load_rows(DO + offs_m[:, None] * stride_don + offs_dv[None, :], offs_m, N_Q, offs_dv, DV,
-                        True, BLOCK_DV != DV)                                    # (BLOCK_M, BLOCK_DV)
+        q = _tile(Q, q_row0, start_m, offs_m, N_Q, offs_d, D, stride_qn, ROWS, BLOCK_D != D, TMA)  # (BLOCK_M, BLOCK_D)
+        do = _tile(DO, q_row0, start_m, offs_m, N_Q, offs_dv, DV, stride_don, ROWS, BLOCK_DV != DV, TMA)
+        if TMA and ROWS:  # the next head's rows: zero, so that 0 * dO and 0 * Q stay 0
+            q = tl.where(offs_m[:, None] < N_Q, q, 0.0)
+            do = tl.where(offs_m[:, None] < N_Q, do, 0.0)
         lse2 = tl.load(LSE2 + offs_m, mask=offs_m < N_Q, other=float("inf"))
         delta = tl.load(DELTA + offs_m, mask=offs_m < N_Q, other=0.0)
         s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale           # (BLOCK_N, BLOCK_M)
@@ -193,24 +265,37 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qn, stride_don, offs_n,
             p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + OFFSET, p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PREC)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)                    # (BLOCK_N, BLOCK_M)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PREC)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+        dk = tl.dot(ds_t, q, dk, input_precision=PREC)
+        if FUSED_DQ:
+            # dQ_i += scale * dS_ij K_j: every key block adds to the same rows, so in float32 atomics
+            dq = tl.dot(tl.trans(ds_t), k, input_precision=PREC) * scale     # (BLOCK_M, BLOCK_D)
+            tl.atomic_add(DQ + offs_m[:, None] * D + offs_d[None, :], dq,
+                          mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < D), sem="relaxed")
     return dk, dv
 
 
+_DKDV_HOOK = descriptor_hook({"Q": ("BLOCK_M", "BLOCK_D"), "DO": ("BLOCK_M", "BLOCK_DV")})
+
+
 @triton.autotune(
-    # (128, 128, 8, 2): picked for causal d = 128 on the H200 (benchmarks/h200_dense_ab.log)
-    configs=configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)], (64, 128, 8, 3),
-                    (16, 32, 4, 1)),
-    key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC"],  # tuned once per head dim; the bench tunes at N = 8192
+    # H200 picks (benchmarks/h200_dense_ab.log): (64, 128, 8, 3) or (128, 128, 8, 2) at d = 128, (32 or 64,
+    # 128, 4, 3) at d = 64
+    configs=configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+                    (64, 128, 8, 3),
+                    (16, 32, 4, 1), pre_hook=_DKDV_HOOK),
+    key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC", "TMA", "FUSED_DQ"],
     prune_configs_by={"early_config_prune": prune_for_head_dim},
+    reset_to_zero=["DQ"],  # the fused kernel adds into DQ: autotuning's trial runs must start from 0 too
 )
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV_,
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV_, DQ,
                      stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn, stride_doz, stride_don,
                      N_Q, N_K, OFFSET, qk_scale, scale,
                      D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     CAUSAL: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr, FUSED_DQ: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per key block j: dK_j, dV_j (and, FUSED_DQ, dQ's share of every query block)."""
     pid_n = tl.program_id(0)
     z = tl.program_id(1).to(tl.int64)
     start_n = pid_n * BLOCK_N
@@ -221,25 +306,39 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV_,
                    True, BLOCK_D != D)                                           # (BLOCK_N, BLOCK_D)
     v = _load_rows(V + z * stride_vz + offs_n[:, None] * stride_vn + offs_dv[None, :], offs_n, N_K, offs_dv, DV,
                    True, BLOCK_DV != DV)                                         # (BLOCK_N, BLOCK_DV)
-    Q += z * stride_qz
-    DO += z * stride_doz
+    if TMA:
+        q_row0 = (z * N_Q).to(tl.int32)
+    else:
+        Q += z * stride_qz
+        DO += z * stride_doz
+        q_row0 = 0
     LSE2 += z * N_Q
     DELTA += z * N_Q
+    DQ += z * N_Q * D
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     end = tl.cdiv(N_Q, BLOCK_M) * BLOCK_M
+    full_end = N_Q // BLOCK_M * BLOCK_M                                          # end of the full query blocks
     if CAUSAL:
         # rows that see key start_n: i >= start_n - OFFSET; rows that see the whole block:
         # i >= start_n + BLOCK_N - 1 - OFFSET.
         lo = tl.minimum(tl.maximum(start_n - OFFSET, 0) // BLOCK_M * BLOCK_M, end)
         mid = tl.minimum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - OFFSET, 0), BLOCK_M) * BLOCK_M, end)
         mid = tl.maximum(mid, lo)
-        dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d, offs_dv,
-                             lo, mid, qk_scale, N_Q, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, True, PREC)
+        dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, DQ, q_row0, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d,
+                             offs_dv, lo, mid, qk_scale, scale, N_Q, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_M,
+                             True, True, PREC, TMA, FUSED_DQ)
     else:
         mid = 0
-    dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d, offs_dv,
-                         mid, end, qk_scale, N_Q, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, False, PREC)
+    if TMA:
+        # the tail query block on its own: only there are the next head's rows zeroed (ROWS)
+        dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, DQ, q_row0, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d,
+                             offs_dv, mid, full_end, qk_scale, scale, N_Q, OFFSET, D, DV, BLOCK_D, BLOCK_DV,
+                             BLOCK_M, False, False, PREC, TMA, FUSED_DQ)
+        mid = tl.maximum(mid, full_end)
+    dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, DQ, q_row0, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d,
+                         offs_dv, mid, end, qk_scale, scale, N_Q, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_M,
+                         False, True, PREC, TMA, FUSED_DQ)
     dk = dk * scale
     row_ok = offs_n[:, None] < N_K
     tl.store(DK + z * stride_kz + offs_n[:, None] * stride_kn + offs_d[None, :], dk.to(DK.dtype.element_ty),
@@ -249,18 +348,17 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV_,
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv, lo, hi,
+def _dq_inner(dq, q, do, lse2, delta, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv, lo, hi,
               qk_scale, N_K, OFFSET,
               D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr):
+              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+              TMA: tl.constexpr):
     arange_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + arange_n
-        k = _load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n, N_K, offs_d, D,
-                       MASKED, BLOCK_D != D)
-        v = _load_rows(V + offs_n[:, None] * stride_vn + offs_dv[None, :], offs_n, N_K, offs_dv, DV,
-                       MASKED, BLOCK_DV != DV)
+        k = _tile(K, kv_row0, start_n, offs_n, N_K, offs_d, D, stride_kn, MASKED, BLOCK_D != D, TMA)
+        v = _tile(V, kv_row0, start_n, offs_n, N_K, offs_dv, DV, stride_vn, MASKED, BLOCK_DV != DV, TMA)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale            # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
@@ -268,6 +366,9 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d
             if CAUSAL:
                 keep = keep & (offs_n[None, :] <= offs_m[:, None] + OFFSET)
             p = tl.where(keep, p, 0.0)
+            if TMA:  # rows past N_K belong to the next head: zero, so that dP and dS K stay finite (dS = 0)
+                k = tl.where(offs_n[:, None] < N_K, k, 0.0)
+                v = tl.where(offs_n[:, None] < N_K, v, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
@@ -275,10 +376,13 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d
 
 
 @triton.autotune(
-    # (128, 128, 8, 2): picked for non-causal d = 128 on the H200 (benchmarks/h200_dense_ab.log)
-    configs=configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)], (128, 64, 8, 3),
-                    (32, 16, 4, 1)),
-    key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC"],  # tuned once per head dim; the bench tunes at N = 8192
+    # H200 picks (benchmarks/h200_dense_ab.log): (128, 128, 8, 2) or (128, 64, 8, 3) at d = 128, (128, 64, 4 or
+    # 8, 3) at d = 64
+    configs=configs([(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+                    (128, 64, 8, 3),
+                    (32, 16, 4, 1),
+                    pre_hook=descriptor_hook({"K": ("BLOCK_N", "BLOCK_D"), "V": ("BLOCK_N", "BLOCK_DV")})),
+    key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC", "TMA"],  # tuned once per head dim; the bench tunes at N = 8192
     prune_configs_by={"early_config_prune": prune_for_head_dim},
 )
 @triton.jit
@@ -286,7 +390,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ,
                    stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn, stride_doz, stride_don,
                    N_Q, N_K, OFFSET, qk_scale, scale,
                    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   CAUSAL: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   CAUSAL: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     z = tl.program_id(1).to(tl.int64)
     start_m = pid_m * BLOCK_M
@@ -299,8 +404,12 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ,
                     offs_dv, DV, True, BLOCK_DV != DV)
     lse2 = tl.load(LSE2 + z * N_Q + offs_m, mask=offs_m < N_Q, other=float("inf"))
     delta = tl.load(DELTA + z * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
-    K += z * stride_kz
-    V += z * stride_vz
+    if TMA:
+        kv_row0 = (z * N_K).to(tl.int32)
+    else:
+        K += z * stride_kz
+        V += z * stride_vz
+        kv_row0 = 0
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if CAUSAL:
         hi = tl.maximum(tl.minimum(N_K, start_m + BLOCK_M + OFFSET), 0)
@@ -308,16 +417,23 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ,
     else:
         hi = N_K
         full = N_K // BLOCK_N * BLOCK_N
-    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv, 0, full,
-                   qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N, False, CAUSAL, PREC)
-    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, offs_dv, full, hi,
-                   qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N, True, CAUSAL, PREC)
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv, 0, full,
+                   qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N, False, CAUSAL, PREC, TMA)
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, kv_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv, full, hi,
+                   qk_scale, N_K, OFFSET, D, DV, BLOCK_D, BLOCK_DV, BLOCK_N, True, CAUSAL, PREC, TMA)
     dq = dq * scale
     tl.store(DQ + z * stride_qz + offs_m[:, None] * stride_qn + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < D))
 
 
 # ---------------------------------------------------------------- launchers
+def _operands(tma, block_dims, *tensors):
+    """The tensors themselves (pointer path) or tensor descriptors over them (TMA path)."""
+    if not tma:
+        return tensors
+    return tuple(descriptor(x, 16, bd) for x, bd in zip(tensors, block_dims))
+
+
 def flash_forward(q, k, v, *, causal=False, scale=None, check_finite=True):
     """Forward only. Returns ``(o, lse)``: o like q but with dv, lse float32 (..., Nq), natural log."""
     mode, offset, scale, lead = check_qkv(q, k, v, causal, scale, "gpu_optional.flash_forward",
@@ -327,12 +443,15 @@ def flash_forward(q, k, v, *, causal=False, scale=None, check_finite=True):
     nk, dv = k3.shape[1], v3.shape[2]
     o = torch.empty((z, nq, dv), dtype=q.dtype, device=q.device)
     lse = torch.empty((z, nq), dtype=torch.float32, device=q.device)
+    bd, bdv = block_dim(d), block_dim(dv)
+    tma = TMA and tma_ok(q3, k3, v3)
+    qa, ka, va = _operands(tma, (bd, bd, bdv), q3, k3, v3)
     grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), z)
-    _fwd_kernel[grid](q3, k3, v3, o, lse,
+    _fwd_kernel[grid](qa, ka, va, o, lse,
                       q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
                       o.stride(0), o.stride(1), nq, nk, offset, scale * LOG2E,
-                      D=d, DV=dv, BLOCK_D=block_dim(d), BLOCK_DV=block_dim(dv),
-                      CAUSAL=mode is not None, PREC=precision(q.dtype))
+                      D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv,
+                      CAUSAL=mode is not None, PREC=precision(q.dtype), TMA=tma)
     return o.reshape(*lead, nq, dv), lse.reshape(*lead, nq)
 
 
@@ -353,16 +472,25 @@ def flash_backward(q, k, v, o, lse, do, *, causal=False, scale=None):
     pre_m = 64 if bdv <= 128 else 32
     _bwd_preprocess[(triton.cdiv(nq, pre_m), z)](o3, do3, lse3, delta, lse2, o3.stride(0), o3.stride(1), nq,
                                                   DV=dv, BLOCK_DV=bdv, BLOCK_M=pre_m)
-    dq = torch.empty_like(q3)
     dk = torch.empty_like(k3)
     dv_ = torch.empty_like(v3)
-    common = dict(D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, CAUSAL=mode is not None, PREC=precision(q.dtype))
+    tma = TMA_BWD and tma_ok(q3, k3, v3, do3)
+    common = dict(D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, CAUSAL=mode is not None, PREC=precision(q.dtype), TMA=tma)
     strides = (q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
                do3.stride(0), do3.stride(1))
+    qa, doa = _operands(tma, (bd, bdv), q3, do3)
+    # FUSED_BWD: float32 dQ accumulated by atomics, (Z, Nq, d) contiguous; else a placeholder never touched
+    dq32 = torch.zeros((z, nq, d) if FUSED_BWD else (1,), dtype=torch.float32, device=q.device)
     _bwd_dkdv_kernel[lambda m: (triton.cdiv(nk, m["BLOCK_N"]), z)](
-        q3, k3, v3, do3, lse2, delta, dk, dv_, *strides, nq, nk, offset, scale * LOG2E, scale, **common)
-    _bwd_dq_kernel[lambda m: (triton.cdiv(nq, m["BLOCK_M"]), z)](
-        q3, k3, v3, do3, lse2, delta, dq, *strides, nq, nk, offset, scale * LOG2E, scale, **common)
+        qa, k3, v3, doa, lse2, delta, dk, dv_, dq32, *strides, nq, nk, offset, scale * LOG2E, scale,
+        FUSED_DQ=FUSED_BWD, **common)
+    if FUSED_BWD:
+        dq = dq32.to(q.dtype)
+    else:
+        dq = torch.empty_like(q3)
+        ka, va = _operands(tma, (bd, bdv), k3, v3)
+        _bwd_dq_kernel[lambda m: (triton.cdiv(nq, m["BLOCK_M"]), z)](
+            q3, ka, va, do3, lse2, delta, dq, *strides, nq, nk, offset, scale * LOG2E, scale, **common)
     return dq.reshape(q.shape), dk.reshape(k.shape), dv_.reshape(v.shape)
 
 

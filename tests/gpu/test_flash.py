@@ -6,7 +6,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refattn.reference import attention, attention_backward
-from tests.gpu.helpers import DEVICE, DTYPES, NEEDS, RTOL, check_lse, np64, randn, rel_err, skip_without_device, torch
+from tests.gpu.helpers import (
+    DEVICE,
+    DTYPES,
+    INTERPRET,
+    NEEDS,
+    RTOL,
+    check_lse,
+    np64,
+    randn,
+    rel_err,
+    skip_without_device,
+    torch,
+)
 
 pytestmark = NEEDS
 
@@ -90,3 +102,63 @@ def test_flash_bf16_on_gpu_at_size(causal):
     if not torch.cuda.is_available() or DEVICE != "cuda":
         pytest.skip("needs a CUDA GPU and TRITON_INTERPRET=0")
     _run((1, 2), 1000, 1000, 128, 128, causal, torch.bfloat16, seed=4)
+
+
+# flash.py's switches against the plain path (pointer loads, two backward kernels): tensor-descriptor (TMA)
+# loads in the forward and in the backward, the fused backward with atomic dQ
+PATHS = [(True, False, False), (False, True, False), (False, False, True), (True, True, True)]
+
+
+@pytest.mark.parametrize("tma,tma_bwd,fused", PATHS)
+def test_flash_paths_agree(monkeypatch, tma, tma_bwd, fused):
+    skip_without_device()
+    import gpu_optional.flash as fl
+
+    gen = torch.Generator().manual_seed(7)
+    # Nq, Nk cross the tiles (interpreter: 32 x 16; GPU: the default configs) and leave tails; d = 24 float32
+    # rows are 96 bytes: TMA allowed. Causal bottom-right with Nq > Nk: fully masked rows too.
+    q, k, v, do = (randn((2, n, 24), torch.float32, gen) for n in (150, 97, 97, 150))
+    outs, make_descriptor = {}, fl.descriptor
+    for key in ((False, False, False), (tma, tma_bwd, fused)):
+        monkeypatch.setattr(fl, "TMA", key[0])
+        monkeypatch.setattr(fl, "TMA_BWD", key[1])
+        monkeypatch.setattr(fl, "FUSED_BWD", key[2])
+        made = []
+        monkeypatch.setattr(fl, "descriptor", lambda *a, made=made: made.append(1) or make_descriptor(*a))
+        o, lse = fl.flash_forward(q, k, v, causal=True)
+        outs[key] = (o, lse) + fl.flash_backward(q, k, v, o, lse, do, causal=True)
+        assert bool(made) == (key[0] or key[1])  # the TMA path really ran (or really did not)
+    base, got = outs[(False, False, False)], outs[(tma, tma_bwd, fused)]
+    rdq, _, _ = attention_backward(np64(q), np64(k), np64(v), np64(do), causal=True)
+    exact = ["o", "lse", "dk", "dv"] + ([] if fused else ["dq"])  # atomics add dQ in any order
+    for i, name in enumerate(["o", "lse", "dq", "dk", "dv"]):
+        if name in exact and INTERPRET:
+            assert torch.equal(got[i], base[i]), name
+        elif name == "lse":
+            check_lse(got[i], np64(base[i]), atol=1e-4)
+        else:
+            assert rel_err(got[i], np64(base[i])) <= RTOL[torch.float32], name
+    assert rel_err(got[2], rdq) <= 4 * RTOL[torch.float32]
+
+
+@pytest.mark.parametrize("tma", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_tails_do_not_read_the_next_head(monkeypatch, tma, causal):
+    # TMA tiles past a head's last row hold the next head's rows; with Inf there (check_finite=False),
+    # head 0 must still get its own exact answer: the kernels zero those rows before any 0 * x
+    skip_without_device()
+    import gpu_optional.flash as fl
+
+    monkeypatch.setattr(fl, "TMA", tma)
+    monkeypatch.setattr(fl, "TMA_BWD", tma)
+    gen = torch.Generator().manual_seed(8)
+    q, k, v, do = (randn((2, 40, 16), torch.float32, gen) for _ in range(4))
+    for x in (q, k, v, do):
+        x[1] = float("inf")
+    o, lse = fl.flash_forward(q, k, v, causal=causal, check_finite=False)
+    dq, dk, dv = fl.flash_backward(q, k, v, o, lse, do, causal=causal)
+    ro, _ = attention(np64(q[0]), np64(k[0]), np64(v[0]), causal=causal)
+    grads = attention_backward(np64(q[0]), np64(k[0]), np64(v[0]), np64(do[0]), causal=causal)
+    assert rel_err(o[0], ro) <= RTOL[torch.float32]
+    for name, g, r in zip(("dq", "dk", "dv"), (dq, dk, dv), grads):
+        assert rel_err(g[0], r) <= 4 * RTOL[torch.float32], name
