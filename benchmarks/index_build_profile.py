@@ -1,12 +1,12 @@
 """Where the GPU index build spends its time (``python benchmarks/index_build_profile.py``).
 
 H = 4, d = 128, bf16, at N = 32k (vertical 1000 / slash 100) and 128k (1000 / 100 and 4000 / 100): do_bench
-median of the whole build called from Python and replayed as a CUDA graph, with the slash scores summed in
-the probabilities kernel (``FUSED_SLASH``, the default) or from the written estimate, and the top-k by
-torch.topk (the default) or by the Triton radix select (``TRITON_TOPK``), beside the sparse kernel on the
-index set built (the build's share of build + sparse is the issue's goal); one profiled build
-listing every kernel it launches with its device time; the Python functions that take the host's time
-(cProfile of 50 builds at 32k).
+median of the whole build as shipped (radix select top-k, key tiles per probabilities program), called from
+Python and replayed as a CUDA graph, beside the previous top-k (torch.topk + sort, ``TORCH_TOPK``) and the
+previous probabilities kernel (one key tile per program), and the sparse kernel on the index set built (the
+build's share of build + sparse is the issue's goal). Before timing, the radix select's index set is checked
+equal to torch.topk's at every size. Then one profiled build per size listing every kernel with its device
+time, and the Python functions that take the host's time (cProfile of 50 builds at 32k).
 """
 
 import cProfile
@@ -21,55 +21,58 @@ from gpu_optional.index_build import graphed_vertical_slash_index, vertical_slas
 from gpu_optional.sparse import sparse_attention
 
 CASES = [(32768, 1000, 100), (131072, 1000, 100), (131072, 4000, 100)]
+#: (name, TORCH_TOPK, EST_PROGRAMS): the shipped build first
+VARIANTS = [("shipped", False, 512), ("torch top-k", True, 512), ("1 tile/prog", False, 1 << 30)]
 
 
 def _ms(fn):
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def _check_kernels():
-    """A small build; if tl.histogram or tl.gather fail to compile here, fall back (and say so)."""
-    q = torch.randn((1, 4, 4096, 128), device="cuda", dtype=torch.bfloat16)
-    for hist, fused in ((True, True), (True, False), (False, True), (False, False)):
-        index_build.SELECT_HISTOGRAM, index_build.FUSED_SLASH, index_build.TRITON_TOPK = hist, fused, True
-        try:
-            vertical_slash_index(q, q, 1000, 100, block=64)
-            break
-        except Exception as exc:  # noqa: BLE001 (report and fall back)
-            print(f"build failed with SELECT_HISTOGRAM={hist}, FUSED_SLASH={fused}: {type(exc).__name__}: "
-                  f"{str(exc)[:300]}", flush=True)
-    index_build.TRITON_TOPK = False
-    print(f"SELECT_HISTOGRAM={index_build.SELECT_HISTOGRAM}, FUSED_SLASH={index_build.FUSED_SLASH}", flush=True)
+def _set(torch_topk, est_programs):
+    index_build.TORCH_TOPK, index_build.EST_PROGRAMS = torch_topk, est_programs
+
+
+def _same_index(a, b):
+    ia, ib = a.index_set, b.index_set
+    return all(torch.equal(x, y) for x, y in ((a.columns, b.columns), (a.offsets, b.offsets),
+                                              (ia.block_offsets, ib.block_offsets),
+                                              (ia.column_offsets, ib.column_offsets)))
 
 
 def main():
-    _check_kernels()
-    fused_ok = index_build.FUSED_SLASH
-    print(f"{'N':>7} {'vertical':>8} {'slash':>5} {'fused':>5} {'top-k':>6} {'build ms':>8} {'graph ms':>8} "
-          f"{'sparse ms':>9} {'share':>6} {'share (graph)':>13}", flush=True)
+    print(f"{'N':>7} {'vertical':>8} {'slash':>5} {'variant':>12} {'build ms':>8} {'graph ms':>8} {'sparse ms':>9} "
+          f"{'share':>6} {'share (graph)':>13}", flush=True)
+    rows = []
     for n, vs, ss in CASES:
         gen = torch.Generator(device="cuda").manual_seed(n)
         q, k, v = (torch.randn((1, 4, n, 128), generator=gen, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        for fused, triton_topk in ((True, False), (False, False), (True, True)) if fused_ok else ((False, False),):
-            index_build.FUSED_SLASH, index_build.TRITON_TOPK = fused, triton_topk
-            build = lambda q=q, k=k, vs=vs, ss=ss: vertical_slash_index(q, k, vs, ss, block=64)  # noqa: E731
-            iset = build().index_set
+        build = lambda q=q, k=k, vs=vs, ss=ss: vertical_slash_index(q, k, vs, ss, block=64)  # noqa: E731
+        _set(True, 512)
+        want = build()
+        _set(False, 512)
+        got = build()
+        torch.cuda.synchronize()
+        print(f"N={n} {vs}/{ss}: radix select index set == torch.topk's: {_same_index(got, want)}", flush=True)
+        ms_sparse = _ms(lambda q=q, k=k, v=v, iset=got.index_set: sparse_attention(q, k, v, iset, causal=True,
+                                                                                   check_finite=False))
+        for name, torch_topk, est_programs in VARIANTS:
+            _set(torch_topk, est_programs)
             ms = _ms(build)
             replay, _ = graphed_vertical_slash_index(q, k, vs, ss, block=64)
             ms_graph = _ms(replay)
-            ms_sparse = _ms(lambda q=q, k=k, v=v, iset=iset: sparse_attention(q, k, v, iset, causal=True,
-                                                                               check_finite=False))
-            topk = "triton" if triton_topk else "torch"
-            print(f"{n:>7} {vs:>8} {ss:>5} {str(fused):>5} {topk:>6} {ms:8.3f} {ms_graph:8.3f} {ms_sparse:9.3f} "
-                  f"{ms / (ms + ms_sparse):6.1%} {ms_graph / (ms_graph + ms_sparse):13.1%}", flush=True)
-        index_build.FUSED_SLASH, index_build.TRITON_TOPK = fused_ok, False
+            line = (f"{n:>7} {vs:>8} {ss:>5} {name:>12} {ms:8.3f} {ms_graph:8.3f} {ms_sparse:9.3f} "
+                    f"{ms / (ms + ms_sparse):6.1%} {ms_graph / (ms_graph + ms_sparse):13.1%}")
+            rows.append(line)
+            print(line, flush=True)
+        _set(False, 512)
         if vs != 1000:
             continue
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             build()
             torch.cuda.synchronize()
-        print(f"N={n}, vertical {vs}, slash {ss}: kernels of one build")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+        print(f"N={n}, vertical {vs}, slash {ss}: kernels of one build (shipped)")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=60))
         if n == 32768:
             torch.cuda.synchronize()
             pr = cProfile.Profile()
@@ -78,7 +81,11 @@ def main():
                 build()
             torch.cuda.synchronize()
             pr.disable()
-            pstats.Stats(pr).sort_stats("tottime").print_stats(12)
+            pstats.Stats(pr).sort_stats("tottime").print_stats(10)
+    print("\nsummary (H = 4, d = 128, bf16; ms, do_bench median)")
+    print(f"{'N':>7} {'vertical':>8} {'slash':>5} {'variant':>12} {'build ms':>8} {'graph ms':>8} {'sparse ms':>9} "
+          f"{'share':>6} {'share (graph)':>13}")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

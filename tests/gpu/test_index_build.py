@@ -8,37 +8,29 @@ from tests.gpu.helpers import DEVICE, NEEDS, skip_without_device, torch
 pytestmark = NEEDS
 
 
-def _keys(scores, forced):
-    """(rows, Nk) float32 scores -> the int64 keys the kernels write: score bits << 32 | ~index, the first
-    ``forced`` scores +inf."""
-    s = scores.copy()
-    s[:, :forced] = np.inf
-    keys = (s.view(np.int32).astype(np.int64) << 32) + (2147483647 - np.arange(s.shape[1]))
-    return torch.from_numpy(keys).to(DEVICE)
-
-
-@pytest.mark.parametrize("nk,vsize,ssize", [(2500, 700, 60), (1500, 1500, 90)])
-@pytest.mark.parametrize("triton_topk,histogram", [(False, True), (True, True), (True, False)])
-def test_select_equals_stable_top_k(nk, vsize, ssize, triton_topk, histogram, monkeypatch):
-    """torch.topk + sort, and the Triton radix select (histogram or comparison counts): ties at the k-th value
-    (few distinct scores), scores that differ only in their lowest bits (the last radix pass decides), zeros,
-    forced indices beyond k (ssize < force_slash: ties among +inf), k = Nk, Nk over the 1024-wide chunks of
-    the compaction (ranks carried across chunks); PC for both rows."""
+@pytest.mark.parametrize("nk,vsize,ssize,chunks", [(2500, 700, 60, 64), (1500, 1500, 90, 64), (2100, 300, 50, 2)])
+@pytest.mark.parametrize("torch_topk", [False, True])
+def test_select_equals_stable_top_k(nk, vsize, ssize, chunks, torch_topk, monkeypatch):
+    """The radix select (default) and torch.topk + sort: ties at the k-th value (few distinct scores), scores
+    that differ only in their lowest bits (the last, 7-bit radix pass decides), zeros, forced indices beyond k
+    (ssize < force_slash: ties among +inf), k = Nk, empty chunks (2500 keys in 8 chunks of 512), chunks of
+    several 512-key steps (2 chunks: counts carried across steps and chunks); PC for both rows."""
     skip_without_device()
     from gpu_optional import index_build
     from gpu_optional.index_build import _top
     from refattn.patterns.vertical_slash import _top as cpu_top
 
-    monkeypatch.setattr(index_build, "TRITON_TOPK", triton_topk)
-    monkeypatch.setattr(index_build, "SELECT_HISTOGRAM", histogram)
+    monkeypatch.setattr(index_build, "TORCH_TOPK", torch_topk)
+    monkeypatch.setattr(index_build, "SELECT_CHUNKS", chunks)
     rng = np.random.default_rng(nk)
     few = rng.choice(np.float32([0.0, 0.25, 0.5, 1.0, 3.0]), size=nk)
     ulps = (np.float32(1.0) + rng.integers(0, 6, size=nk) * np.finfo(np.float32).eps).astype(np.float32)
     ulps[rng.random(nk) < 0.2] = 0.0
-    vert, slash = np.stack([few, ulps]), np.stack([ulps, few])
-    keys = torch.stack([_keys(vert, 30), _keys(slash, 100)])                  # (2, Z = 2, Nk)
-    cols, offs, pc = _top(keys, vsize, ssize)
-    for z in range(2):
+    spread = (rng.random(nk) * 2.0 ** rng.integers(-40, 3, size=nk)).astype(np.float32)   # every exponent
+    vert, slash = np.stack([few, ulps, spread]), np.stack([ulps, few, spread])
+    scores = torch.from_numpy(np.stack([vert, slash])).to(DEVICE)             # (2, Z = 3, Nk)
+    cols, offs, pc = _top(scores, vsize, ssize, 30, 100)
+    for z in range(3):
         want_c, want_o = cpu_top(vert[z], vsize, 30), cpu_top(slash[z], ssize, 100)
         assert np.array_equal(cols[z].cpu().numpy(), want_c)
         assert np.array_equal(offs[z].cpu().numpy(), want_o)
@@ -48,14 +40,17 @@ def test_select_equals_stable_top_k(nk, vsize, ssize, triton_topk, histogram, mo
             assert np.array_equal(pc[row, z].cpu().numpy(), np.cumsum(chosen))
 
 
-def test_long_estimate_and_estimate_api_agree_with_cpu():
+@pytest.mark.parametrize("est_programs", [512, 4])
+def test_long_estimate_and_estimate_api_agree_with_cpu(est_programs, monkeypatch):
     """last_q = 100 (LP = 128 rows padded, 32-wide key tiles: each diagonal's sum gathered from up to 9 tiles'
     shares) equals the CPU build; vertical_slash_estimate (which writes the estimate and sums the diagonals
-    from it) gives the same scores as the fused build."""
+    from it) gives the same scores as the fused build. est_programs = 4: 8 key tiles per probabilities
+    program, the last program's tiles partly past Nk."""
     skip_without_device()
-    from gpu_optional import vertical_slash_estimate
+    from gpu_optional import index_build, vertical_slash_estimate
     from tests.gpu.test_sparse import _check_index_equals_cpu
 
+    monkeypatch.setattr(index_build, "EST_PROGRAMS", est_programs)
     gen = torch.Generator().manual_seed(3)
     q, k = (torch.randn((2, 300, 24), generator=gen).to(DEVICE) for _ in range(2))
     r = _check_index_equals_cpu(q, k, 40, 60, 32, last_q=100)
