@@ -74,8 +74,12 @@ def test_tile_matmuls_is_flash_loop_without_softmax():
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn((2, 64, 16), generator=gen).to(DEVICE) for _ in range(3))
     o = tile_matmuls(q, k, v, block_m=32, block_n=32, num_warps=4, num_stages=2)
-    want = (q.double() @ k.double().transpose(1, 2)) @ v.double()
-    assert torch.allclose(o.double().cpu(), want.cpu(), rtol=1e-4, atol=1e-3)
+    want = ((q.double() @ k.double().transpose(1, 2)) @ v.double()).cpu()
+    # The kernel rounds each S tile to bf16 before the second product (as FlashAttention does with P), and on a
+    # GPU the first product of float32 tiles runs in tf32: a bf16-level error, measured 1.6e-3 on the H200
+    # (a missing or doubled tile would be off by tens of per cent).
+    err = torch.linalg.norm(o.double().cpu() - want) / torch.linalg.norm(want)
+    assert err < 1e-2, err
     with pytest.raises(ValueError, match="multiple"):
         tile_matmuls(q[:, :50], k[:, :50], v[:, :50], block_m=32, block_n=32)
 
