@@ -62,6 +62,24 @@ head's row block, so it reads K_j and V_j once per query head and query block
 together, G times the footprint: FlashAttention-3's packed-GQA layout, not
 modelled here).
 
+Variable-length (packed) batches (``cu_seqlens_q``, ``cu_seqlens_k``; docs/variants.md),
+as FlashAttention's varlen kernels do them: the loops walk a *tile layout*
+(refattn/kernels/variant_args.py), the same tables for every problem. A
+rectangular problem is one segment ``[0, Nq) x [0, Nk)``; a packed batch has one
+segment per sequence b, query rows ``[cu_q[b], cu_q[b+1])`` against key rows
+``[cu_k[b], cu_k[b+1])``, then the padding queries (rows after ``cu_q[-1]``, no
+keys) and the padding keys (after ``cu_k[-1]``, no queries). Row and key blocks
+are cut per segment (each segment's last block may be partial), so no tile
+crosses a sequence boundary and the keys of another sequence are never loaded;
+causal, the window and ALiBi use the sequence's own ``Nq_b``, ``Nk_b``. The
+order is that of the segments: FA2 runs head by head, segment by segment, the
+row blocks of a segment against its key blocks; FA1 runs, per KV head, each
+segment's key blocks against that segment's row blocks. A row block whose
+segment has no keys (an empty sequence's queries, the padding rows) is one step
+with one empty tile, skipped (a ``skip`` event with ``c0 = c1``), in which FA2
+writes O = 0 and L = -inf; FA1 writes them in its init and finalise steps, like
+every row. So the outputs of padding rows are 0 and -inf, written by the kernel.
+
 Precision: m, l and the accumulator are kept in the input dtype (float32 or
 float64). Outputs: ``o`` (..., Nq, dv) and ``lse`` (..., Nq), both in the
 **input dtype** (natural log).
@@ -87,14 +105,17 @@ m~, l~ and the rescale factors live in registers and are not counted)::
 Steps (numbered 1..n_steps; what ``stop_after`` and the trace count; docs/contract.md):
 
 * FA2 (phase "main"): one step per (query block i, key block j) tile, i outer,
-  j inner, heads one after another: ``n_steps = B*Tr*Tc``. A skipped tile is a
+  j inner, heads one after another: ``n_steps = B*Tr*Tc``; for a packed batch
+  ``B * sum_s Tr_s * max(Tc_s, 1)`` over the segments s (``Tr_s``, ``Tc_s``
+  their row and key blocks; a segment without keys has one empty tile per row block). A skipped tile is a
   step with one ``skip`` event. The load of Q_i belongs to the step of its
   first visible tile; the final write of O_i and L_i belongs to the step of
   tile (i, Tc-1).
 * FA1: per KV head, one initialisation step for its G query heads (phase
   "init"), then one step per tile (j outer, then the group's query heads, then
   i; "main"), then one finalise step ("finalise"):
-  ``n_steps = (B/G)*(G*Tr*Tc + 2)`` (``B*(Tr*Tc + 2)`` without GQA). K_j and
+  ``n_steps = (B/G)*(G*Tr*Tc + 2)`` (``B*(Tr*Tc + 2)`` without GQA); for a
+  packed batch ``(B/G)*(G * sum_s Tr_s*Tc_s + 2)``. K_j and
   V_j are released in the step of the group's last tile of column j.
 
 ``result.state.arrays`` of a stopped run: ``m``, ``l`` (the rows' running max
@@ -123,6 +144,16 @@ prefix ``j < J_i`` of the causal case. Then
           O reads dv*R, O writes Nq*dv + dv*R;  l reads R + Nq, l writes Nq + R;
           m reads R + Nq, m writes Nq + R;  L writes Nq;  mask reads A.
           No causal: Nk*(d + dv) + Tc*Nq*(d + 2*dv + 4) + Nq*(dv + 5).
+
+Packed batches: the same closed forms, with ``Nq``, ``Nk`` the packed totals
+(padding included) and R, C, A, Qr, Kc summed over the sequences, each
+sequence's terms being those of the rectangular problem ``(Nq_b, Nk_b)`` alone
+(its band, its blocks cut from ``cu_q[b]`` and ``cu_k[b]``). Padding query rows
+and the queries of a sequence without keys visit no tile: they cost only their
+share of the ``Nq`` terms (FA2: ``O`` writes ``dv``, ``L`` writes 1 per row;
+FA1: ``O`` writes ``dv``, ``l`` and ``m`` a read and a write each, ``L`` a write).
+Padding keys cost nothing in the forward. So, without causal, window or mask,
+FA2 reads ``sum_b (Nq_b*d + Tr_b*Nk_b*(d + dv))`` and writes ``Nq*(dv + 1)``.
 
 A window of w = left + right + 1 keys makes J_i about (Br + w)/Bc + 1 instead
 of Tc: FA2's K and V traffic falls from Tr*Nk*(d + dv) to about
@@ -464,7 +495,8 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
     allocated; docs/contract.md). A stopped count-only run has empty ``state.arrays``.
     Variants (docs/variants.md, as in :func:`refattn.reference.attention`):
     ``num_kv_heads`` (GQA/MQA; k, v ``(..., Hkv, Nk, .)``), ``window=(left, right)``,
-    ``softcap``, ``alibi_slopes``.
+    ``softcap``, ``alibi_slopes``, and ``cu_seqlens_q``/``cu_seqlens_k`` (a packed batch on
+    axis -2; tiles cut per sequence, padding rows written as O = 0, L = -inf: module docstring).
     """
     if variant not in VARIANTS:
         raise ValueError(f"flash_forward: variant must be one of {VARIANTS}, got {variant!r}")

@@ -32,6 +32,16 @@ each j: the group's heads, then i), so K_j and V_j are read once per KV head
 and dK_j, dV_j accumulate the whole group on chip and are written once per
 KV head: no expanded dK, dV in HBM.
 
+Packed batches (``cu_seqlens``): the tile layout of the forward
+(refattn/kernels/variant_args.py; :mod:`refattn.kernels.flash`): the pre-pass
+runs over the row blocks of every segment (padding rows included: they get
+D and dQ = 0), the main loop over the key blocks of every segment against that
+segment's row blocks only. A key block whose segment has no queries (a
+sequence with keys and no queries, the padding keys) is one step with one
+empty tile, skipped, in which dK_j = dV_j = 0 are written; so every key row's
+dK and dV are written by the kernel, and the keys of other sequences are never
+loaded.
+
 Precision: the tiles are computed in the input dtype (float32 or float64);
 ``o``, ``lse`` and ``do`` are cast to it. Two sums are kept in float64 because
 float32 loses too much in them (docs/design.md, "Precision"):
@@ -58,7 +68,8 @@ dP_ij (dP then dS), mask_ij; pre-pass O_i, dO_i, D_i, dQ_i.
 
 Steps (1..n_steps): per KV head, ``G*Tr`` pre-pass steps (phase "pre-pass"),
 then one step per (j, query head, i) tile (j outer, phase "main"), skipped tiles
-included: ``n_steps = B*(Tr + Tr*Tc)`` (B query heads). The writes of dK_j and
+included: ``n_steps = B*(Tr + Tr*Tc)`` (B query heads); for a packed batch
+``B * sum_s Tr_s + (B/G) * sum_s Tc_s * max(G*Tr_s, 1)`` over the segments s. The writes of dK_j and
 dV_j belong to the step of the group's last tile of column j. ``result.state.arrays`` of a stopped run: ``dk_partial``,
 ``dv_partial`` (the on-chip dK_j, dV_j sums of the current key block, float64).
 
@@ -71,6 +82,12 @@ R, A, Kc as in :mod:`refattn.kernels.flash`: the visible key blocks
     dQ writes Nq*d + d*R, reads d*R;  Q reads d*R;  L reads R;
     K reads d*Kc;  V reads dv*Kc;  dK writes Nk*d;  dV writes Nk*dv (per KV head);  mask reads A.
     No causal, no mask: Nq*(2dv + 1 + d) + Tc*Nq*(3d + dv + 2) + Nk*(2d + 2dv).
+
+Packed batches: the same closed form with ``Nq``, ``Nk`` the packed totals
+(padding included) and R, A, Kc summed over the sequences (each that of the
+rectangular problem ``(Nq_b, Nk_b)``). Padding rows cost their pre-pass (O and
+dO reads, D and dQ writes); padding keys and the keys of sequences without
+queries cost their dK and dV writes only.
 
 FLOPs: 2*br*bc*(3d + 2dv) per visited tile (S, dV, dP, dQ, dK); exponentials
 br*bc per visited tile.
