@@ -83,14 +83,18 @@ class KernelVariants:
 
     def layout(self, bq: int, bk: int):
         """``(seqs, rblocks, cblocks)``: the tile tables for blocks ``bq`` x ``bk`` (module docstring)."""
-        seqs, rblocks, cblocks = [], [], []
+        seqs = np.zeros((len(self.segments), len(SEQ_COLUMNS)), np.int64)
+        blocks = {"r": [], "c": []}
+        counts = {"r": 0, "c": 0}
         for s, (q0, q1, k0, k1, *band) in enumerate(self.segments):
-            rb0, cb0 = len(rblocks), len(cblocks)
-            rblocks += [(s, r, min(r + bq, q1)) for r in range(q0, q1, bq)]
-            cblocks += [(s, c, min(c + bk, k1)) for c in range(k0, k1, bk)]
-            seqs.append((q0, q1, k0, k1, *band, rb0, len(rblocks), cb0, len(cblocks)))
-        table = lambda rows, w: np.array(rows, np.int64).reshape(len(rows), w)
-        return table(seqs, len(SEQ_COLUMNS)), table(rblocks, 3), table(cblocks, 3)
+            seqs[s, :8] = (q0, q1, k0, k1, *band)
+            for side, lo, hi, width, col in (("r", q0, q1, bq, 8), ("c", k0, k1, bk, 10)):
+                starts = np.arange(lo, hi, width, dtype=np.int64)
+                blocks[side].append(np.stack([np.full_like(starts, s), starts, np.minimum(starts + width, hi)], 1))
+                seqs[s, col:col + 2] = counts[side], counts[side] + starts.size
+                counts[side] += starts.size
+        rblocks, cblocks = (np.concatenate(blocks[side] or [np.zeros((0, 3), np.int64)]) for side in "rc")
+        return seqs, rblocks, cblocks
 
     @property
     def details(self) -> dict:
