@@ -158,3 +158,29 @@ def test_torch_flex_attention_passes_with_every_variant():
     report = check_attention(torch_flex, capabilities=TORCH_FLEX_CAPABILITIES, max_examples=20, seed=5)
     assert report.failure is None
     assert set(report.semantics.variants) == {"num_kv_heads", "window", "softcap", "alibi_slopes"}
+
+
+def test_varlen_draws_cover_empty_and_one_token_sequences_and_padding():
+    from hypothesis import given, settings
+
+    from refattn.testing.strategies import problems
+
+    seen = set()
+
+    @settings(max_examples=150, database=None)
+    @given(problems(Capabilities(dtypes=("float64",), max_n=40, variants=("varlen",))))
+    def draw(p):
+        if "cu_seqlens_q" not in p.variants:
+            return
+        cu_q, cu_k = p.variants["cu_seqlens_q"], p.variants["cu_seqlens_k"]
+        assert cu_q.dtype == cu_k.dtype == np.int32 and cu_q.size == cu_k.size
+        for cu, n in ((cu_q, p.nq), (cu_k, p.nk)):
+            assert cu[0] == 0 and np.all(np.diff(cu) >= 0) and cu[-1] <= n
+        lengths = np.concatenate([np.diff(cu_q), np.diff(cu_k)])
+        seen.update({"empty"} if (lengths == 0).any() else set())
+        seen.update({"one token"} if (lengths == 1).any() else set())
+        seen.update({"padding"} if cu_q[-1] < p.nq else set())
+        assert not p.keep()[..., p.padding_rows(), :].any()  # padding rows see nothing
+
+    draw()
+    assert seen == {"empty", "one token", "padding"}
