@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from refattn.threads import blas_one_thread
 from refattn.vitcod.prune import cutoff_for_density, density, fixed_mask, mask_recall
 
 __all__ = ["RealMasks", "minilm_fixed_masks", "text_chunks"]
@@ -106,7 +106,7 @@ def minilm_fixed_masks(target_density: float = 0.1, *, n_tokens: int = 128, n_fi
     chunks = text_chunks(real.sample_text() if text is None else text, n_fit + 1, n_tokens)
     attn = []
     for c in chunks:
-        with threadpool_limits(1, "blas"):  # small GEMMs: extra BLAS threads only contend (10x slower here)
+        with blas_one_thread():  # small GEMMs: extra BLAS threads only contend (10x slower here)
             att = real.minilm_attention(c, max_tokens=n_tokens)
         if att.n_tokens != n_tokens:  # cannot happen with >= 1 token per word; guard the invariant
             raise ValueError(f"minilm_fixed_masks: a chunk gave {att.n_tokens} tokens, not {n_tokens}")

@@ -49,18 +49,22 @@ def test_standard_forward_conforms():
 
 
 def test_sparse_forward_conforms():
-    """The sparse kernel takes IndexSet objects (random ones and refattn.patterns' builders)."""
+    """The sparse kernel takes IndexSet objects (random ones and refattn.patterns' builders) and the variants
+    (GQA, window, softcap, ALiBi), and-ed with the index set."""
     from refattn.kernels import sparse
 
-    def fn(q, k, v, *, causal, scale, mask):
+    def fn(q, k, v, *, causal, scale, mask, **variants):
         if mask is None:  # no mask: every key block, as an index set
             mask = IndexSet.dense(q.shape[-2], k.shape[-2], block=3, causal=False)
-        r = sparse.sparse_forward(q, k, v, mask, sram=4 * SRAM, causal=causal, scale=scale)  # room for 64-blocks
+        r = sparse.sparse_forward(q, k, v, mask, sram=4 * SRAM, causal=causal, scale=scale,  # room for 64-blocks
+                                  **variants)
         return r.o, r.lse
 
-    cap = Capabilities(dtypes=("float32",), max_n=20, max_d=8, masks=("index_set",), index_set_objects=True)
+    cap = Capabilities(dtypes=("float32",), max_n=20, max_d=8, masks=("index_set",), index_set_objects=True,
+                       variants=("gqa", "window", "softcap", "alibi"))
     report = check_attention(fn, capabilities=cap, max_examples=EXAMPLES, name="sparse_forward")
     assert report.passed and report.coverage["index_set"] > 0
+    assert set(report.semantics.variants) == {"num_kv_heads", "window", "softcap", "alibi_slopes"}
 
 
 def test_flash_backward_gradients_conform():
