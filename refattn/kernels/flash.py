@@ -91,7 +91,9 @@ over query blocks and its traffic falls with Br: ``Br = ceil(M/(4d))``,
 the on-chip footprint (below) exceeds M the larger block is halved (rounding
 up; the inner-loop block on ties). If even Br = Bc = 1 does not fit, or an
 explicit ``block`` does not fit, :class:`refattn.memory.SramTooSmall` is raised.
-Explicit blocks larger than N are clipped to N.
+Explicit blocks larger than N are clipped to N. In a packed batch N is the
+longest segment's (``max_s Nq_s``, ``max_s Nk_s``), and the plan's ``Tr``, ``Tc``
+count the row and key blocks of all segments (``sum_s Tr_s``, ``sum_s Tc_s``).
 
 On-chip footprint (slots ``SLOTS``; P overwrites S in place in slot ``S_ij``,
 P~V_j accumulates into O_i as a matrix unit would; per-row scalars such as
