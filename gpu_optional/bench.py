@@ -388,7 +388,8 @@ def _start_simulation(quick):
 
 
 def _time_standard_and_flash(b, h, n, d):
-    """Measured ms of torch standard attention and the Triton kernels, forward and backward, non-causal."""
+    """Measured ms of torch standard attention (whole, and its forward's three kernels) and the Triton
+    kernels, forward and backward, non-causal."""
     from gpu_optional.flash import flash_backward, flash_forward
     from gpu_optional.predict import standard_attention
 
@@ -398,6 +399,12 @@ def _time_standard_and_flash(b, h, n, d):
     out = {}
     with torch.no_grad():
         out[("standard", "fwd")] = _bench(lambda: standard_attention(q, k, v))
+        s = (q * d**-0.5) @ k.transpose(-1, -2)
+        out["QK^T"] = _bench(lambda: (q * d**-0.5) @ k.transpose(-1, -2))
+        out["softmax"] = _bench(lambda: torch.softmax(s, dim=-1))
+        p = torch.softmax(s, dim=-1)
+        out["PV"] = _bench(lambda: p @ v)
+        s = p = None
     o_std = standard_attention(qg, kg, vg)
     out[("standard", "bwd")] = _bench(lambda: torch.autograd.grad(o_std, (qg, kg, vg), do, retain_graph=True))
     o_std = None  # frees S and P before the flash kernels run
@@ -409,17 +416,29 @@ def _time_standard_and_flash(b, h, n, d):
 
 
 def standard(quick, sim):
-    from gpu_optional.predict import KERNEL_OVERHEAD_S, LAUNCHES, measure_ceilings, measured_chip, predict
+    from gpu_optional import flash
+    from gpu_optional.predict import (
+        KERNEL_OVERHEAD_S,
+        LAUNCHES,
+        dq_recompute,
+        measure_ceilings,
+        measured_chip,
+        predict,
+    )
 
     proc, path, cases = sim
     if SMOKE:
-        ceil = {"hbm_bandwidth": 1e10, "peak_flops": 1e11}
+        ceil = {"hbm_bandwidth": 1e10, "peak_flops": 1e11, "tile_flops": 1e11, "exp_rate": 1e9, "tile": "-",
+                "softmax_bandwidth": {n: 1e10 for _, n in cases}}
     else:
-        ceil = measure_ceilings()
-    chip = measured_chip(ceil)
+        ceil = measure_ceilings(softmax_rows=[n for _, n in cases])
+    chips = {"standard": measured_chip(ceil), "flash": measured_chip(ceil, matmul="tile_flops")}
+    fused = bool(getattr(flash, "FUSED_BWD", False))
     t = Table(f"standard attention vs FlashAttention, measured and predicted ({str(DT).split('.')[-1]})",
               ["impl", "pass", "B", "H", "N", "d", "ms", "predicted ms", "bound", "measured/predicted",
-               "flash speed-up", "predicted speed-up"])
+               "overlap bound ms", "measured/overlap", "flash speed-up", "predicted speed-up"])
+    parts = Table("where standard attention's forward goes (ms, measured / predicted)",
+                  ["B", "N", "Q K^T", "softmax", "P V", "sum of the three", "whole forward"])
     proc.wait(timeout=900)
     with open(path) as f:
         sims = json.load(f)
@@ -427,27 +446,54 @@ def standard(quick, sim):
     for b, n in cases:
         d = STANDARD_D if not SMOKE else 16
         counts = sims[f"{n}:{d}"]
+        counts["flash/bwd"] = dq_recompute(counts["flash/bwd"], n, d, fused)
         measured = _time_standard_and_flash(b, h, n, d)
-        pred = {key: predict(counts[f"{key[0]}/{key[1]}"], chip, b * h, LAUNCHES[key]) for key in measured}
+        pred = {key: predict(counts[f"{key[0]}/{key[1]}"], chips[key[0]], b * h, LAUNCHES[key],
+                             softmax_bandwidth=ceil["softmax_bandwidth"][n] if key == ("standard", "fwd") else None)
+                for key in LAUNCHES}
         for ps in ("fwd", "bwd", "fwd+bwd"):
             keys = ("fwd", "bwd") if ps == "fwd+bwd" else (ps,)
             tm = {impl: sum(measured[(impl, x)] for x in keys) for impl in ("standard", "flash")}
             tp = {impl: sum(pred[(impl, x)]["time_s"] for x in keys) * 1e3 for impl in ("standard", "flash")}
+            to = {impl: sum(pred[(impl, x)]["overlap_s"] for x in keys) * 1e3 for impl in ("standard", "flash")}
             for impl in ("standard", "flash"):
                 bound = "/".join(sorted({pred[(impl, x)]["bound"] for x in keys}))
                 t.add(impl, ps, b, h, n, d, round(tm[impl], 4), round(tp[impl], 4), bound,
-                      round(tm[impl] / tp[impl], 3),
+                      round(tm[impl] / tp[impl], 3), round(to[impl], 4), round(tm[impl] / to[impl], 3),
                       round(tm["standard"] / tm["flash"], 2) if impl == "flash" else "-",
                       round(tp["standard"] / tp["flash"], 2) if impl == "flash" else "-")
+        # the forward's three kernels: each GEMM moves its operands and S or P at the copy rate (n^2 per head
+        # each way, the small operands besides), the softmax reads S and writes P at the softmax rate
+        z, bw, el = b * h, ceil["hbm_bandwidth"], 2
+        gemm_ms = (z * (n * n + 2 * n * d) * el / bw + KERNEL_OVERHEAD_S) * 1e3
+        soft_ms = (z * 2 * n * n * el / ceil["softmax_bandwidth"][n] + KERNEL_OVERHEAD_S) * 1e3
+        three = measured["QK^T"] + measured["softmax"] + measured["PV"]
+        parts.add(b, n, f"{measured['QK^T']:.3f} / {gemm_ms:.3f}", f"{measured['softmax']:.3f} / {soft_ms:.3f}",
+                  f"{measured['PV']:.3f} / {gemm_ms:.3f}", f"{three:.3f} / {2 * gemm_ms + soft_ms:.3f}",
+                  f"{measured[('standard', 'fwd')]:.3f} / {pred[('standard', 'fwd')]['time_s'] * 1e3:.3f}")
+    sm = ", ".join(f"N={n}: {r / 1e12:.2f}" for n, r in ceil["softmax_bandwidth"].items())
     t.notes.append(f"predicted: refattn's simulated kernels (standard F1-F3/B1-B5, FlashAttention-2) count one head's "
-                   f"HBM traffic and FLOPs on the h200 preset's SRAM; x B*H heads; roofline max(bytes / "
-                   f"{ceil['hbm_bandwidth'] / 1e12:.2f} TB/s, FLOPs / {ceil['peak_flops'] / 1e12:.0f} TFLOP/s), both "
-                   f"measured in this run (2 GiB device copy, 8192^3 bf16 matmul), + {KERNEL_OVERHEAD_S * 1e6:.0f} us "
-                   f"per kernel launch ({', '.join(f'{a} {p} {c}' for (a, p), c in LAUNCHES.items())})")
+                   f"HBM traffic, FLOPs and exponentials on the h200 preset's SRAM; x B*H heads; time = max(bytes / "
+                   f"{ceil['hbm_bandwidth'] / 1e12:.2f} TB/s, FLOPs / matmul rate + exps / "
+                   f"{ceil['exp_rate'] / 1e12:.2f}e12 per s) + {KERNEL_OVERHEAD_S * 1e6:.0f} us per kernel launch "
+                   f"({', '.join(f'{a} {p} {c}' for (a, p), c in LAUNCHES.items())}); matmul rate: standard "
+                   f"{ceil['peak_flops'] / 1e12:.0f} TFLOP/s (8192^3 bf16 cuBLAS), flash "
+                   f"{ceil['tile_flops'] / 1e12:.0f} TFLOP/s (the Triton forward's loop without its softmax, "
+                   f"tiling {ceil['tile']}); standard forward: the softmax pass (S read, P written) at the softmax "
+                   f"rate ({sm} TB/s); flash backward: " + ("one pass, dQ by atomics" if fused else
+                                                             "+4 N^2 d FLOPs and N^2 exps per head for the separate "
+                                                             "dQ kernel's recomputation of S and dP") +
+                   "; every rate measured in this run by a microbenchmark, none fitted to the attention times")
+    t.notes.append("overlap bound: the same counts if the matmuls and the exponentials overlapped perfectly, "
+                   "max(memory, matmuls, exponentials) (the roofline's own rule for memory and compute): a kernel "
+                   "lies between it and the prediction (matmuls and softmax in series)")
     t.notes.append("flash speed-up: standard time / Triton FlashAttention time (the paper reports up to 7.6x at "
                    "GPT-2 sizes on an A100); non-causal")
+    parts.notes.append("predicted per kernel: a GEMM moves N^2 + 2 N d elements per head at the copy rate, the "
+                       "softmax 2 N^2 at the softmax rate, + the launch overhead each")
     t.print()
-    return [t]
+    parts.print()
+    return [t, parts]
 
 
 def main(argv=None) -> int:

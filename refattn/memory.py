@@ -51,7 +51,13 @@ count-only sweep (docs/contract.md) is made of nothing but these calls, at about
 Time model (:func:`simulated_time`): the whole device streams HBM at its
 bandwidth and computes at its peak rate, and the two overlap perfectly, so
 ``time = max(bytes / bandwidth, flops / peak_flops)``. It is a roofline,
-stated as such: no latency, no occupancy, no launch overhead.
+stated as such: no latency, no occupancy, no launch overhead. A chip with an
+``exp_rate`` (exponentials per second: the special-function units, far slower
+than the tensor cores) also charges the counted exponentials, in series with the
+matmuls: ``compute = flops / peak_flops + exps / exp_rate``. In series because
+in a FlashAttention-2 style kernel the same warps issue a tile's matmuls and
+its softmax one after the other; a kernel that overlaps them across warp
+groups (FlashAttention-3's ping-pong schedule) runs below this estimate.
 """
 
 from __future__ import annotations
@@ -401,6 +407,7 @@ class Chip:
     peak_flops: float  # matmul FLOP/s, whole device
     bytes_per_element: int
     source: str
+    exp_rate: float | None = None  # exponentials / s, whole device; None: exponentials cost nothing
 
     @property
     def sram_elements(self) -> int:
@@ -444,8 +451,11 @@ CHIPS = {
         source=(
             "NVIDIA H200 Tensor Core GPU datasheet (2024), SXM: 141 GB HBM3e at 4.8 TB/s, 989 TFLOP/s dense "
             "BF16 tensor (the H100's Hopper chip: 132 SMs, up to 228 KB shared memory each, per the H100 "
-            "whitepaper). gpu_optional.predict replaces the two rates by microbenchmarks on the GPU in hand."
+            "whitepaper). Exponentials: 16 per SM per clock on the special-function units, 132 SMs at "
+            "1.98 GHz (H100 whitepaper): 4.2e12 / s. gpu_optional.predict replaces the rates by "
+            "microbenchmarks on the GPU in hand."
         ),
+        exp_rate=16 * 132 * 1.98e9,
     ),
     "vitcod": Chip(
         name="ViTCoD-like accelerator",
@@ -513,16 +523,22 @@ def require_fits(need: int, sram: Sram, what: str) -> None:
         )
 
 
-def simulated_time(traffic: Traffic, flops: int, chip) -> dict:
-    """Roofline time on ``chip``: max(HBM bytes / bandwidth, FLOPs / peak). Seconds."""
+def simulated_time(traffic: Traffic, flops: int, chip, exps: int = 0) -> dict:
+    """Roofline time on ``chip``: max(HBM bytes / bandwidth, FLOPs / peak + exps / exp_rate). Seconds.
+
+    The exponentials count only on a chip with an ``exp_rate`` (see the module docstring). ``overlap_s`` is
+    the lower bound max(memory, matmuls, exponentials) of a kernel that overlaps all three."""
     chip = get_chip(chip)
     nbytes = traffic.total * chip.bytes_per_element
     t_mem = nbytes / chip.hbm_bandwidth
-    t_compute = flops / chip.peak_flops
+    t_exp = exps / chip.exp_rate if chip.exp_rate else 0.0
+    t_compute = flops / chip.peak_flops + t_exp
     return {
         "bytes": nbytes,
         "memory_s": t_mem,
         "compute_s": t_compute,
+        "exp_s": t_exp,
+        "overlap_s": max(t_mem, flops / chip.peak_flops, t_exp),   # if the matmuls and exps overlapped too
         "time_s": max(t_mem, t_compute),
         "bound": "memory" if t_mem >= t_compute else "compute",
     }

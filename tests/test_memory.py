@@ -115,6 +115,31 @@ def test_chip_presets_and_simulated_time():
     assert CHIPS["h100"].hbm_bandwidth > a100.hbm_bandwidth  # the H100 preset is faster
 
 
+def test_simulated_time_charges_exponentials_in_series_with_the_matmuls():
+    """compute = flops / peak + exps / exp_rate on a chip with an exp_rate; exps cost nothing without one."""
+    import dataclasses
+
+    chip = dataclasses.replace(CHIPS["a100"], peak_flops=1e15, exp_rate=1e12, hbm_bandwidth=1e12)
+    t = simulated_time(Traffic({"Q": 10**6}, {}), 10**12, chip, exps=10**9)
+    assert t["exp_s"] == pytest.approx(1e-3) and t["compute_s"] == pytest.approx(1e-3 + 1e-3)
+    assert t["bound"] == "compute" and t["time_s"] == pytest.approx(2e-3)       # memory: 2e6 B / 1e12 = 2 us
+    assert t["overlap_s"] == pytest.approx(1e-3)                                 # max(2 us, 1 ms, 1 ms)
+    t = simulated_time(Traffic({"Q": 10**9}, {}), 10**12, chip, exps=10**9)     # memory 2 ms >= compute 2 ms
+    assert t["bound"] == "memory" and t["time_s"] == pytest.approx(2e-3)
+    plain = simulated_time(Traffic({"Q": 1}, {}), 10**12, CHIPS["a100"], exps=10**9)
+    assert CHIPS["a100"].exp_rate is None and plain["exp_s"] == 0.0
+    assert plain["time_s"] == pytest.approx(1e12 / CHIPS["a100"].peak_flops)
+    # a kernel's result charges its own counted exponentials on the h200 preset (which has an exp_rate)
+    from refattn import flash_forward
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((40, 8)).astype(np.float32) for _ in range(3))
+    r = flash_forward(q, k, v, sram="h200", variant="fa2")
+    h200 = CHIPS["h200"]
+    assert r.exps >= 40 * 40
+    assert r.simulated_time()["compute_s"] == pytest.approx(r.flops / h200.peak_flops + r.exps / h200.exp_rate)
+
+
 def test_kernel_result_simulated_time_needs_a_chip():
     from refattn.kernels.standard import standard_forward
 

@@ -79,3 +79,54 @@ def engines_sentence(vitcod: int, dense: int, unsplit: int, bound: str, utilizat
         why = f"the split and one sparse engine take the same {vitcod:,} cycles"
     return (f"ViTCoD takes {vitcod:,} cycles, the dense baseline {dense:,} "
             f"({ratio_words(dense, vitcod, more='more', fewer='fewer')} cycles than ViTCoD); {why}.")
+
+
+def percent(a: float, b: float) -> str:
+    """a as a share of b: '23 %' (one decimal below 10 %)."""
+    if b <= 0:
+        return "n/a"
+    x = 100.0 * a / b
+    return f"{x:.1f} %" if x < 10 else f"{x:.0f} %"
+
+
+def window_sentence(window, tiles: dict, kv_reads: int, kv_reads_dense: int, total: int, total_dense: int) -> str:
+    """The sliding window's saving, from the run's tiles and counters and the same kernel's run without it.
+
+    ``tiles``: viz_app.playback.tile_counts of the run (visited, causal_skipped, window_skipped, total);
+    ``kv_reads``/``kv_reads_dense``: K plus V elements read with and without the window; ``total``/
+    ``total_dense``: all HBM accesses with and without it.
+    """
+    left, right = (-1 if x is None else x for x in window)
+    show = lambda x: "unbounded" if x < 0 else str(x)
+    causal = f", {tiles['causal_skipped']} by the causal mask" if tiles["causal_skipped"] else ""
+    than = lambda a, b: "the same" if a == b else ratio_words(a, b)
+    return (f"window ({show(left)}, {show(right)}): {tiles['visited']} of {tiles['total']} tiles visited "
+            f"({tiles['window_skipped']} skipped outside the window{causal}); against the same kernel without the "
+            f"window, K/V reads {percent(kv_reads, kv_reads_dense)} of dense ({kv_reads:,} vs {kv_reads_dense:,} "
+            f"elements: {than(kv_reads, kv_reads_dense)}) and all HBM accesses {total:,} vs {total_dense:,} "
+            f"({than(total, total_dense)}).")
+
+
+def gqa_mapping(heads: int, num_kv_heads: int) -> str:
+    """'query heads 0, 1 → KV head 0; 2, 3 → KV head 1' (query head h reads KV head h // (Hq / Hkv))."""
+    group = heads // num_kv_heads
+    parts = [", ".join(str(h) for h in range(g * group, (g + 1) * group)) + f" → KV head {g}"
+             for g in range(num_kv_heads)]
+    return "query heads " + "; ".join(parts)
+
+
+def gqa_sentence(heads: int, num_kv_heads: int, variant: str, kv_reads: int, kv_reads_mha: int,
+                 kv_stored: int, kv_stored_mha: int) -> str:
+    """GQA in this setting's counted numbers: K/V read from HBM and K/V held in HBM, against MHA."""
+    if kv_reads < kv_reads_mha:
+        why = f"{variant.upper()} reads each KV head once for its group of {heads // num_kv_heads} query heads"
+    elif kv_reads == kv_reads_mha:
+        why = (f"{variant.upper()} reads K and V once per query head, so grouping saves no reads here "
+               "(only HBM space)")
+    else:
+        why = f"{variant.upper()} reads more with GQA here"
+    kv_words = f"{num_kv_heads} KV head{'s' if num_kv_heads > 1 else ''}"
+    return (f"GQA, {heads} query heads on {kv_words} ({gqa_mapping(heads, num_kv_heads)}): "
+            f"K/V reads {kv_reads:,} vs {kv_reads_mha:,} with {heads} KV heads (MHA), "
+            f"{ratio_words(kv_reads, kv_reads_mha)}: {why}; K/V held in HBM {kv_stored:,} vs {kv_stored_mha:,} "
+            f"elements ({ratio_words(kv_stored, kv_stored_mha)}).")

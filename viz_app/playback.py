@@ -21,8 +21,11 @@ from viz_app import pseudocode
 
 #: Tensors whose events are score tiles (query rows x key columns).
 TILE_TENSORS = ("S", "P", "dP", "dS")
-#: Tile states sent to the browser (and drawn with distinct colours).
-PENDING, DONE, SKIPPED = 0, 1, 2
+#: Tile states sent to the browser (and drawn with distinct colours): SKIPPED is a tile the kernel skipped
+#: for causality (or as masked), SKIPPED_WINDOW one it skipped because it lies outside the sliding window.
+PENDING, DONE, SKIPPED, SKIPPED_WINDOW = 0, 1, 2, 3
+#: ``skip`` codes of tile events: 0 a visited tile, 1 skipped by causality or as masked, 2 outside the window.
+SKIP_CAUSAL, SKIP_WINDOW = 1, 2
 #: Most steps sent at once; longer runs are sent one window (a few query blocks or a pass) at a time.
 MAX_WINDOW = 2048
 #: Most steps whose running state (kernel stopped after each step) is computed for one view.
@@ -80,39 +83,95 @@ def _tile_records(rec, kernel: str = ""):
     return rec[keep]
 
 
-def tile_events(trace: Trace, rows, cols, head: int = 0, kernel: str = ""):
+def band_edges(details: dict, nq: int, nk: int):
+    """``(causal_hi, window_lo, window_hi)`` of a run's ``Plan.details``: key j is visible to query i iff
+    ``i + window_lo <= j <= i + min(causal_hi, window_hi)``; each is None when that edge is absent.
+
+    The same band as the flash kernels' (refattn/kernels/variant_args.py, docs/variants.md): causal and
+    the window are aligned bottom-right (``Nk - Nq``) unless causal is ``"top_left"``.
+    """
+    causal = details.get("causal")
+    causal_hi = None
+    if causal and causal != "none":
+        causal_hi = int(nk - nq) if causal in ("bottom_right", True) else 0
+    window = details.get("window")
+    lo = hi = None
+    if window is not None:
+        left, right = window
+        lo = None if left is None or left < 0 else int(nk - nq - left)
+        hi = None if right is None or right < 0 else int(nk - nq + right)
+    return causal_hi, lo, hi
+
+
+def skip_kinds(details: dict, nq: int, nk: int, r0, r1, c0, c1):
+    """For skipped tiles (element ranges), why: SKIP_WINDOW when the tile lies wholly outside the window
+    (left of its left edge, or right of its right edge while causality alone would keep some of it),
+    else SKIP_CAUSAL (beyond the causal horizon, or masked)."""
+    causal_hi, lo, hi = band_edges(details, nq, nk)
+    r0, r1, c0, c1 = (np.asarray(x, np.int64) for x in (r0, r1, c0, c1))
+    out = np.full(r0.shape, SKIP_CAUSAL, np.int64)
+    if lo is not None:
+        out[c1 - 1 < r0 + lo] = SKIP_WINDOW
+    if hi is not None:
+        past_window = c0 > r1 - 1 + hi
+        if causal_hi is not None:
+            past_window &= c0 <= r1 - 1 + causal_hi  # causality would not have skipped it
+        out[past_window] = SKIP_WINDOW
+    return out
+
+
+def tile_events(trace: Trace, rows, cols, head: int = 0, kernel: str = "", details: dict | None = None,
+                nq: int = 0, nk: int = 0):
     """Score-tile events as tile-index ranges: dict of int arrays step, i0, i1, j0, j1, skip (time order).
 
     A tile event is any load, store or compute of S, P, dP or dS (their rows are queries, their
     columns keys: this covers the standard kernels' P.V and dS passes, which only load tiles)
-    and every skip event (a fully masked tile).
+    and every skip event (a fully masked tile). ``skip`` is 0 for a visited tile, else the reason
+    (:func:`skip_kinds`, from the run's ``details``: SKIP_CAUSAL without a window).
     """
     rec = _tile_records(trace.records, kernel)
     rec = rec[rec[:, 4] == head]
+    is_skip = rec[:, 1] == EV_SKIP
+    skip = is_skip.astype(np.int64)
+    if details is not None and details.get("window") is not None and is_skip.any():
+        sk = rec[is_skip]
+        skip[is_skip] = skip_kinds(details, nq, nk, sk[:, 5], sk[:, 6], sk[:, 7], sk[:, 8])
     return {
-        "step": rec[:, 0], "skip": (rec[:, 1] == EV_SKIP).astype(np.int64),
+        "step": rec[:, 0], "skip": skip,
         "i0": np.searchsorted(rows, rec[:, 5], "right") - 1, "i1": np.searchsorted(rows, rec[:, 6], "left"),
         "j0": np.searchsorted(cols, rec[:, 7], "right") - 1, "j1": np.searchsorted(cols, rec[:, 8], "left"),
     }
 
 
+_STATE_OF_SKIP = np.array([DONE, SKIPPED, SKIPPED_WINDOW])
+
+
 def tile_states(trace: Trace, pos: int, nq: int, nk: int, plan=None, head: int = 0):
     """(rows, cols, states, current): tile states after step ``pos`` and a mask of the tiles step ``pos`` touched.
 
-    states[i, j] is PENDING, DONE or SKIPPED; ``current`` is all False before the run and at "finished".
+    states[i, j] is PENDING, DONE, SKIPPED or SKIPPED_WINDOW; ``current`` is all False before the run and at "finished".
     The browser does the same replay (viz_app/player.html); this is its reference.
     """
     rows, cols = tile_edges(trace, nq, nk, plan)
-    ev = tile_events(trace, rows, cols, head, plan.kernel if plan is not None else "")
+    ev = tile_events(trace, rows, cols, head, plan.kernel if plan is not None else "",
+                     plan.details if plan is not None else None, nq, nk)
     states = np.zeros((len(rows) - 1, len(cols) - 1), np.int64)
     current = np.zeros_like(states, bool)
     for s, sk, i0, i1, j0, j1 in zip(*(ev[k] for k in ("step", "skip", "i0", "i1", "j0", "j1"))):
         if s > pos:
             break
-        states[i0:i1, j0:j1] = SKIPPED if sk else DONE
+        states[i0:i1, j0:j1] = _STATE_OF_SKIP[sk]
         if s == pos:
             current[i0:i1, j0:j1] = True
     return rows, cols, states, current
+
+
+def tile_counts(result, nq: int, nk: int, head: int = 0) -> dict:
+    """Tiles of one head at the end of a traced run: visited, skipped by causality/mask, skipped outside the
+    window, and in all (from the kernel's own trace: :func:`tile_states` after the last step)."""
+    _, _, states, _ = tile_states(result.trace, result.trace.n_steps + 1, nq, nk, result.plan, head)
+    return {"visited": int((states == DONE).sum()), "causal_skipped": int((states == SKIPPED).sum()),
+            "window_skipped": int((states == SKIPPED_WINDOW).sum()), "total": int(states.size)}
 
 
 # --------------------------------------------------------------------------- navigation
@@ -247,11 +306,11 @@ def payload(result, nq: int, nk: int, label: str, *, window: tuple[int, int] | N
     key = pseudocode.kernel_key(plan.kernel)
     rec, starts = _by_step(trace)
     rows, cols = tile_edges(trace, nq, nk, plan)
-    ev = tile_events(trace, rows, cols, head, plan.kernel)
+    ev = tile_events(trace, rows, cols, head, plan.kernel, plan.details, nq, nk)
     before = ev["step"] < a
     base = np.zeros((len(rows) - 1, len(cols) - 1), np.int64)
     for sk, i0, i1, j0, j1 in zip(*(ev[k][before] for k in ("skip", "i0", "i1", "j0", "j1"))):
-        base[i0:i1, j0:j1] = SKIPPED if sk else DONE
+        base[i0:i1, j0:j1] = _STATE_OF_SKIP[sk]
     inside = (ev["step"] >= a) & (ev["step"] <= b)
     reads, writes = _counts(rec, a, b)
     prior_r, prior_w = _counts(rec, 0, a - 1) if a > 1 else (np.zeros((1, len(TENSORS)), np.int64),) * 2
@@ -264,21 +323,28 @@ def payload(result, nq: int, nk: int, label: str, *, window: tuple[int, int] | N
         evs = events_of(trace, rec, starts, s)
         first = not any(e.kind == "compute" and e.tensor == "P" and e.rows in seen_rows for e in evs)
         seen_rows |= {e.rows for e in evs if e.kind == "compute" and e.tensor == "P"}
+        skips = [e for e in evs if e.kind == "skip"]
+        reasons = None
+        if skips and plan.details.get("window") is not None:
+            kinds = skip_kinds(plan.details, nq, nk, *zip(*[(e.rows[0], e.rows[1], e.cols[0], e.cols[1])
+                                                          for e in skips]))
+            reasons = ["outside the window" if x == SKIP_WINDOW else "causal" for x in kinds]
         narration.append(pseudocode.narrate(plan.kernel, s, n, evs, reads=int(reads[s - a].sum()),
-                                            writes=int(writes[s - a].sum()), first_of_block=first))
+                                            writes=int(writes[s - a].sum()), first_of_block=first,
+                                            skip_reasons=reasons))
         lit.append(pseudocode.lit_lines(key, evs))
         moves.append([[e.tensor, 0 if e.kind == "load" else 1, *e.rows, *e.cols, e.elements] for e in evs
                       if e.kind in ("load", "store") and e.tensor])
-    causal = plan.details.get("causal")
-    causal_offset = None
-    if causal and causal != "none":
-        causal_offset = int(nk - nq) if causal in ("bottom_right", True) else 0
+    causal_offset, window_lo, window_hi = band_edges(plan.details, nq, nk)
+    window = plan.details.get("window")
     return {
         "label": label, "kernel": plan.kernel, "n_steps": n, "nq": int(nq), "nk": int(nk),
         "window": [a, b], "step_words": plan.step,
         "rows": rows.tolist(), "cols": cols.tolist(), "base": "".join(map(str, base.ravel())),
         "ev": {k: v[inside].tolist() for k, v in ev.items()},
         "causal_offset": causal_offset,
+        "sliding_window": None if window is None else [int(-1 if x is None else x) for x in window],
+        "window_edges": None if window is None else [window_lo, window_hi],
         "tensors": [TENSORS[i] for i in used],
         "reads": cum_r[:, used].tolist(), "writes": cum_w[:, used].tolist(),
         "total_reads": int(result.traffic.total_reads), "total_writes": int(result.traffic.total_writes),

@@ -37,7 +37,7 @@ CODE = {
         _l("for each query block i = 1..Tr:"),
         _l("    load Q_i;  m_i = -inf, l_i = 0, O_i = 0 on chip", (LOAD, "Q")),
         _l("    for each key block j = 1..Tc:"),
-        _l("        if the tile is fully masked (causal): skip it", (SKIP, None)),
+        _l("        if the tile is fully masked (causal or outside the window): skip it", (SKIP, None)),
         _l("        load K_j, V_j", (LOAD, "K"), (LOAD, "V")),
         _l("        S_ij = scale * Q_i K_j^T  (mask applied)", (COMP, "S")),
         _l("        m_new = max(m_i, rowmax S_ij);  P_ij = exp(S_ij - m_new)", (COMP, "P")),
@@ -50,7 +50,7 @@ CODE = {
         _l("for each key block j = 1..Tc:"),
         _l("    load K_j, V_j", (LOAD, "K"), (LOAD, "V")),
         _l("    for each query block i = 1..Tr:"),
-        _l("        if the tile is fully masked (causal): skip it", (SKIP, None)),
+        _l("        if the tile is fully masked (causal or outside the window): skip it", (SKIP, None)),
         _l("        load Q_i, O_i, l_i, m_i", (LOAD, "Q")),
         _l("        S_ij = scale * Q_i K_j^T;  m~ = rowmax S_ij;  P~ = exp(S_ij - m~);  l~ = rowsum P~", (COMP, "S")),
         _l("        m_new = max(m_i, m~);  l_new = e^(m_i - m_new) l_i + e^(m~ - m_new) l~", (COMP, "P")),
@@ -145,11 +145,13 @@ def _moved(events, kind):
 
 
 def narrate(kernel: str, step: int, n_steps: int, events: list[Event], *, reads: int, writes: int,
-            first_of_block: bool = False) -> str:
+            first_of_block: bool = False, skip_reasons: list[str] | None = None) -> str:
     """One sentence: what step ``step`` loaded, computed and wrote, what it skipped, and what it cost.
 
     ``reads``/``writes``: the step's HBM reads and writes (elements). ``first_of_block``: no earlier
     tile of the same query rows was computed, so the online softmax has nothing to rescale yet.
+    ``skip_reasons``: why each skip event of the step was skipped ("causal", "outside the window");
+    default "causal".
     """
     if step <= 0:
         return f"Before the run: nothing loaded, nothing written ({n_steps} steps to go)."
@@ -174,7 +176,10 @@ def narrate(kernel: str, step: int, n_steps: int, events: list[Event], *, reads:
         parts.append(f"writes {stores}")
     skips = [e for e in events if e.kind == SKIP]
     if skips:
-        parts.append(f"skips {len(skips)} fully masked tile{'s' if len(skips) > 1 else ''} (causal)")
+        why = skip_reasons or ["causal"] * len(skips)
+        for reason in dict.fromkeys(why):
+            count = why.count(reason)
+            parts.append(f"skips {count} fully masked tile{'s' if count > 1 else ''} ({reason})")
     if not parts:
         parts.append("does no HBM transfer")
     return (f"Step {step} of {n_steps} " + "; ".join(parts)

@@ -30,27 +30,44 @@ def _forward_fn(kernel: str):
     return refattn.flash_forward if kernel == "flash" else refattn.standard_forward
 
 
-def _forward_kwargs(kernel, m, variant, causal, block):
+def _forward_kwargs(kernel, m, variant, causal, block, window=None):
     kw = dict(sram=Sram(int(m)), causal=causal)
     if kernel == "flash":
         kw["variant"] = variant
         if block:
             kw["block"] = block
+        if window is not None:
+            kw["window"] = tuple(window)
+    elif window is not None:
+        raise ValueError("the standard kernel takes no window")
     return kw
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def forward_run(kernel: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, m: int,
-                variant: str = "fa2", causal: bool = False, block=None):
-    """One traced forward run of the flash or standard kernel."""
-    return _forward_fn(kernel)(q, k, v, trace=True, **_forward_kwargs(kernel, m, variant, causal, block))
+                variant: str = "fa2", causal: bool = False, block=None, window=None):
+    """One traced forward run of the flash or standard kernel (``window=(left, right)``: flash only)."""
+    return _forward_fn(kernel)(q, k, v, trace=True, **_forward_kwargs(kernel, m, variant, causal, block, window))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def forward_states(q, k, v, m: int, variant: str, causal: bool, steps: tuple, block=None):
+def forward_states(q, k, v, m: int, variant: str, causal: bool, steps: tuple, block=None, window=None):
     """{step: StepState} of the flash kernel stopped after each of ``steps`` (its own stop_after states)."""
-    kw = _forward_kwargs("flash", m, variant, causal, block)
+    kw = _forward_kwargs("flash", m, variant, causal, block, window)
     return {int(s): refattn.flash_forward(q, k, v, stop_after=int(s), **kw).state for s in steps}
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def forward_counts(q, k, v, m: int, variant: str, causal: bool, window=None, heads: int = 1,
+                   num_kv_heads=None):
+    """The flash kernel's counted traffic (count_only) of this setting with ``heads`` query heads and
+    ``num_kv_heads`` KV heads (None: as many as query heads), the page's one head repeated (traffic does not
+    depend on the values)."""
+    hkv = heads if num_kv_heads is None else num_kv_heads
+    qh, kh, vh = (np.ascontiguousarray(np.broadcast_to(x, (h,) + x.shape)) for x, h in ((q, heads), (k, hkv),
+                                                                                           (v, hkv)))
+    kw = _forward_kwargs("flash", m, variant, causal, None, window)
+    return refattn.flash_forward(qh, kh, vh, count_only=True, num_kv_heads=num_kv_heads, **kw).traffic
 
 
 def _backward_inputs(q, k, v, m, causal, seed=1):

@@ -117,4 +117,4 @@ class KernelResult:
         chip = chip or self.sram.chip
         if chip is None:
             raise ValueError("no chip given and the SRAM was not built from a chip preset")
-        return memory.simulated_time(self.traffic, self.flops, chip)
+        return memory.simulated_time(self.traffic, self.flops, chip, exps=self.exps)

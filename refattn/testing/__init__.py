@@ -29,7 +29,8 @@ A few lines test your own kernel against the float64 naive softmax::
   its docstring), overridable with :class:`Tolerance`.
 * :func:`from_torch`, :func:`from_jax`: adapters (lazy imports); ``torch_sdpa``
   with ``TORCH_SDPA_CAPABILITIES`` and ``torch_flex`` (FlexAttention) with
-  ``TORCH_FLEX_CAPABILITIES``.
+  ``TORCH_FLEX_CAPABILITIES``; ``jax_dpa`` (``jax.nn.dot_product_attention``)
+  with ``JAX_DPA_CAPABILITIES``.
 * Variants (GQA, sliding window, softcap, ALiBi): declared with
   ``Capabilities(variants=...)`` (:data:`VARIANT_KINDS`), drawn and checked
   against the reference, nearby conventions named (:mod:`refattn.testing.variants`).
@@ -41,10 +42,12 @@ This package imports **hypothesis** at import time (it is in refattn's
 """
 
 from refattn.testing.adapters import (
+    JAX_DPA_CAPABILITIES,
     TORCH_FLEX_CAPABILITIES,
     TORCH_SDPA_CAPABILITIES,
     from_jax,
     from_torch,
+    jax_dpa,
     torch_flex,
     torch_sdpa,
 )
@@ -72,5 +75,5 @@ __all__ = [
     "MASK_KINDS", "PROTOCOLS", "Problem", "Semantics", "TORCH_SDPA_CAPABILITIES", "Tolerance", "VALUE_KINDS",
     "assert_conforms", "boundary_sizes", "check_attention", "from_jax", "from_torch", "head_dims", "leading_dims",
     "make_problem", "plain_attention", "problems", "sizes", "torch_sdpa", "TORCH_FLEX_CAPABILITIES", "torch_flex",
-    "VARIANT_KINDS",
+    "VARIANT_KINDS", "JAX_DPA_CAPABILITIES", "jax_dpa",
 ]

@@ -19,12 +19,13 @@ signature, with :data:`TORCH_SDPA_CAPABILITIES`, what it really supports.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import numpy as np
 
 from refattn.index_set import IndexSet
-from refattn.testing import torch_kernels
+from refattn.testing import jax_kernels, torch_kernels
 from refattn.testing.strategies import Capabilities, current_dtype
 
 
@@ -99,12 +100,61 @@ class _Torch(_Adapter):
 
 
 class _Jax(_Adapter):
-    def _prep(self, q, k, v, mask):
+    """NumPy -> ``jax.Array`` -> NumPy; float64 problems run with ``jax_enable_x64`` on for the call only."""
+
+    def __init__(self, fn, dtype=None, jit=True):
+        super().__init__(fn, dtype)
+        self.jit = jit
+        self._compiled = {}
+
+    def _x64(self, name):
+        """The context a call in dtype ``name`` runs in: 64-bit types on for float64, the caller's setting else.
+
+        Without it JAX turns float64 inputs into float32 (with a warning) and
+        the kit would see a float32 kernel; with it the kernel really runs in
+        float64, and the setting is restored after the call.
+        """
+        jax = _need("jax")
+        return jax.enable_x64(True) if name == "float64" else contextlib.nullcontext()
+
+    def _prep(self, q, k, v, mask, name, keywords):
+        """``(q, k, v)`` as jax arrays, and the keywords split: arrays (mask, ALiBi slopes) and hashable rest."""
         jnp = _need("jax.numpy")
-        name = self._dtype_name(q)
         conv = lambda x: jnp.asarray(np.asarray(x, np.float32 if name == "bfloat16" else x.dtype), dtype=name)
         m = _mask_array(mask)
-        return conv(q), conv(k), conv(v), (None if m is None else jnp.asarray(m, dtype=bool)), name
+        arrays = {"mask": None if m is None else jnp.asarray(m, dtype=bool)}
+        statics = []
+        for key, val in keywords.items():
+            if isinstance(val, np.ndarray) or isinstance(val, np.generic):
+                arrays[key] = jnp.asarray(val)
+            else:
+                statics.append((key, tuple(val) if isinstance(val, list) else val))
+        return conv(q), conv(k), conv(v), arrays, tuple(sorted(statics))
+
+    def _compile(self, which, f):
+        """``f(*arrays, arrays_dict, statics)`` under one ``jax.jit`` per adapter (unless jit=False).
+
+        jit's cache then holds one compile per shape, dtype and static keyword
+        set, which the kit's repeated calls and hypothesis's shrinking reuse.
+        """
+        if not self.jit:
+            return f
+        if which not in self._compiled:
+            self._compiled[which] = _need("jax").jit(f, static_argnames=("statics",))
+        return self._compiled[which]
+
+    def _forward(self, q, k, v, arrays, statics):
+        return self.fn(q, k, v, **arrays, **dict(statics))
+
+    def _grads(self, q, k, v, do, arrays, statics):
+        jax = _need("jax")
+
+        def forward(a, b, c):
+            out = self.fn(a, b, c, **arrays, **dict(statics))
+            return out[0] if isinstance(out, (tuple, list)) else out
+
+        o, vjp = jax.vjp(forward, q, k, v)
+        return vjp(do.astype(o.dtype))
 
     @staticmethod
     def _back(x):
@@ -114,24 +164,23 @@ class _Jax(_Adapter):
         return x
 
     def __call__(self, q, k, v, *, causal=False, scale=None, mask=None, **variants):
-        jq, jk, jv, jm, _ = self._prep(q, k, v, mask)
-        out = self.fn(jq, jk, jv, causal=causal, scale=scale, mask=jm, **variants)
-        if isinstance(out, (tuple, list)):
-            return tuple(self._back(x) for x in out)
-        return self._back(out)
+        name = self._dtype_name(q)
+        with self._x64(name):
+            jq, jk, jv, arrays, statics = self._prep(q, k, v, mask, name, dict(causal=causal, scale=scale, **variants))
+            out = self._compile("forward", self._forward)(jq, jk, jv, arrays, statics=statics)
+            if isinstance(out, (tuple, list)):
+                return tuple(self._back(x) for x in out)
+            return self._back(out)
 
     def backward(self, q, k, v, do, *, causal=False, scale=None, mask=None, **variants):
         """Gradients of ``sum(o * do)`` by ``jax.vjp``, as NumPy ``(dq, dk, dv)``."""
-        jax = _need("jax")
-        jq, jk, jv, jm, name = self._prep(q, k, v, mask)
-
-        def forward(a, b, c):
-            out = self.fn(a, b, c, causal=causal, scale=scale, mask=jm, **variants)
-            return out[0] if isinstance(out, (tuple, list)) else out
-
-        o, vjp = jax.vjp(forward, jq, jk, jv)
-        jdo = jax.numpy.asarray(np.asarray(do, np.float32 if name == "bfloat16" else do.dtype), dtype=o.dtype)
-        return tuple(self._back(g) for g in vjp(jdo))
+        jnp = _need("jax.numpy")
+        name = self._dtype_name(q)
+        with self._x64(name):
+            jq, jk, jv, arrays, statics = self._prep(q, k, v, mask, name, dict(causal=causal, scale=scale, **variants))
+            jdo = jnp.asarray(np.asarray(do, np.float32 if name == "bfloat16" else do.dtype), dtype=name)
+            grads = self._compile("backward", self._grads)(jq, jk, jv, jdo, arrays, statics=statics)
+            return tuple(self._back(g) for g in grads)
 
 
 def from_torch(fn, *, dtype: str | None = None):
@@ -143,9 +192,26 @@ def from_torch(fn, *, dtype: str | None = None):
     return _Torch(fn, dtype)
 
 
-def from_jax(fn, *, dtype: str | None = None):
-    """Wrap a JAX attention function for the kit (NumPy -> ``jax.Array`` -> NumPy); gradients by ``jax.vjp``."""
-    return _Jax(fn, dtype)
+def from_jax(fn, *, dtype: str | None = None, jit: bool = True):
+    """Wrap a JAX attention function for the kit (NumPy -> ``jax.Array`` -> NumPy); gradients by ``jax.vjp``.
+
+    * ``dtype`` forces the array dtype (a name such as ``"bfloat16"``); by
+      default it is the problem's dtype.
+    * float64 problems run with ``jax_enable_x64`` switched on for that call
+      only (``jax.enable_x64``), so the kernel really receives float64
+      arrays; the caller's setting is restored afterwards. A kernel that
+      cannot run in float64 leaves it out of ``Capabilities.dtypes``.
+    * ``jit``: the call (and the backward) run under one ``jax.jit`` per
+      adapter: ``q, k, v``, ``mask`` and ``alibi_slopes`` arrive as traced
+      arrays, the other keywords (``causal``, ``scale``, ``num_kv_heads``,
+      ``window``, ``softcap``) as static Python values. The kit draws a new
+      shape on almost every example; one compile of the whole function is
+      several times faster than JAX's op-by-op dispatch compiling every
+      operation anew, and jit's cache serves the repeated calls and the
+      shrinking. ``jit=False`` calls ``fn`` eagerly with the arrays as given
+      (its backward still traces it through ``jax.vjp``).
+    """
+    return _Jax(fn, dtype, jit)
 
 
 # ---------------------------------------------------------------- PyTorch SDPA and FlexAttention, as they really are
@@ -180,3 +246,24 @@ TORCH_FLEX_CAPABILITIES = Capabilities(
 torch_flex = from_torch(torch_kernels.flex)
 torch_flex.__qualname__ = "torch.nn.attention.flex_attention.flex_attention"
 torch_flex.capabilities = TORCH_FLEX_CAPABILITIES
+
+
+# ---------------------------------------------------------------- JAX's dot_product_attention, as it really is
+#: jax.nn.dot_product_attention (XLA, CPU): top-left causal only (``is_causal``), boolean masks, lse through
+#: ``return_residual``, jax.vjp backward; GQA native, the window shifted to JAX's top-left ``local_window_size``,
+#: ALiBi as ``bias`` (refattn.testing.jax_kernels). Not claimed: float64 (its softmax runs in float32), fully
+#: masked rows (hidden scores get a finite fill, so such a row returns the mean of v), dv != d, softcap.
+JAX_DPA_CAPABILITIES = Capabilities(
+    dtypes=("float32", "bfloat16"),
+    causal=("top_left",),
+    masks=("window", "random", "index_set"),
+    lse=True,
+    backward=True,
+    fully_masked_rows="unsupported",
+    dv_ne_d=False,
+    variants=("gqa", "window", "alibi"),
+)
+
+jax_dpa = from_jax(jax_kernels.dot_product_attention)
+jax_dpa.__qualname__ = "jax.nn.dot_product_attention"
+jax_dpa.capabilities = JAX_DPA_CAPABILITIES

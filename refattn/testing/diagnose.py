@@ -148,20 +148,23 @@ def _variant_conventions(run, p: Problem, failure, o):
     skip = p.fully_masked_rows() if run.cap.fully_masked_rows == "nan" else None
     base = lambda x: dict(scale=x.scale, causal=x.causal or False, mask=x.mask)
     bounds_o, _ = _bounds(run, p)
-    for name, text, (o_alt, _) in alternatives(p.q, p.k, p.v, base(p), p.variants):
-        if not matches(o, o_alt, bounds_o, skip):
-            continue
-        probe = _variant_probe(run, p)
-        got = _outputs(run, probe)
-        alt = dict((n, out) for n, _, out in alternatives(probe.q, probe.k, probe.v, base(probe), probe.variants))
-        probe_skip = probe.fully_masked_rows() if skip is not None else None
+    # Every convention the minimal example agrees with is tried on the probe: with Nk = Nq + 1 a window
+    # aligned top-left gives exactly what an exclusive right bound gives, and only the probe tells them apart.
+    seen = [(name, text) for name, text, (o_alt, _) in alternatives(p.q, p.k, p.v, base(p), p.variants)
+            if matches(o, o_alt, bounds_o, skip)]
+    if not seen:
+        return None
+    probe = _variant_probe(run, p)
+    got = _outputs(run, probe)
+    alt = dict((n, out) for n, _, out in alternatives(probe.q, probe.k, probe.v, base(probe), probe.variants))
+    probe_skip = probe.fully_masked_rows() if skip is not None else None
+    for name, text in seen:
         if got is not None and name in alt and matches(got[0], alt[name][0], _bounds(run, probe)[0], probe_skip):
             return _name(failure, name, f"convention difference, {name}: {text}. Seen on this example and on a "
                                         f"probe with fresh values; refattn's conventions and their sources are in "
                                         f"docs/variants.md.")
-        why = "the kernel did not run on the probe" if got is None else f"on the probe {probe.describe()} it does not"
-        return _not_a_convention(failure, f"what '{name}' gives", why)
-    return None
+    why = "the kernel did not run on the probe" if got is None else f"on the probe {probe.describe()} it does not"
+    return _not_a_convention(failure, "what " + " or ".join(f"'{name}'" for name, _ in seen) + " gives", why)
 
 
 def _padding_rows(run, p: Problem, failure, o, lse):

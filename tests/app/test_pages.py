@@ -97,6 +97,36 @@ def test_forward_controls_change_the_run():
     assert player_data(at)["panels"][0]["state"]["steps"][0] == playback.segments(res)[1][1]
 
 
+def test_forward_window_and_gqa_options():
+    """The window run is the library's, its skips are drawn apart, and each sentence carries the kernel's counts."""
+    at = page("forward").run()
+    ok(at.toggle(key="fwd_window").set_value(True).run())
+    q, k, v = random_qkv(64, 16, seed=0)
+    res = refattn.flash_forward(q, k, v, sram=1024, variant="fa2", window=(16, 0), trace=True)
+    dense = refattn.flash_forward(q, k, v, sram=1024, variant="fa2", count_only=True)
+    (p,) = player_data(at)["panels"]  # the standard kernel takes no window: flash alone
+    assert p["sliding_window"] == [16, 0] and p["total_reads"] == res.traffic.total_reads
+    assert playback.SKIP_WINDOW in p["ev"]["skip"]
+    kv = lambda r: r.traffic.reads["K"] + r.traffic.reads["V"]
+    counts = playback.tile_counts(res, 64, 64)
+    text = " ".join(m.value for m in at.markdown)
+    assert (f"window (16, 0): {counts['visited']} of {counts['total']} tiles visited ({counts['window_skipped']} "
+            f"skipped outside the window); against the same kernel without the window, K/V reads") in text
+    assert f"({kv(res):,} vs {kv(dense):,} elements" in text
+    ok(at.radio(key="fwd_kv").set_value(2).run())
+    text = " ".join(m.value for m in at.markdown)
+    heads = lambda x, h: np.ascontiguousarray(np.broadcast_to(x, (h,) + x.shape))
+    gqa, mha = (refattn.flash_forward(heads(q, 4), heads(k, h), heads(v, h), sram=1024, variant="fa2",
+                                      window=(16, 0), count_only=True, num_kv_heads=h if h < 4 else None).traffic
+                for h in (2, 4))
+    assert (f"GQA, 4 query heads on 2 KV heads (query heads 0, 1 → KV head 0; 2, 3 → KV head 1): K/V reads "
+            f"{kv_(gqa):,} vs {kv_(mha):,} with 4 KV heads (MHA)") in text
+
+
+def kv_(traffic):
+    return traffic.reads["K"] + traffic.reads["V"]
+
+
 def test_forward_sram_too_small_is_a_message():
     at = page("forward")
     at.session_state["fwd_d"] = 64

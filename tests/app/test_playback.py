@@ -10,7 +10,7 @@ from refattn.bench import sweeps
 from refattn.data import random_qkv
 from tests.app.fake import fake_flash_trace
 from viz_app import claims, playback, player, pseudocode
-from viz_app.playback import DONE, PENDING, SKIPPED
+from viz_app.playback import DONE, PENDING, SKIPPED, SKIPPED_WINDOW
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,82 @@ def test_engine_sentence_explains_an_unsplit_engine_that_wins():
     text = claims.engines_sentence(47_000, 90_000, 10_000, "memory", {"denser": 0.2, "sparser": 0.3})
     assert "the split does not pay" in text and "4.7x faster" in text and "memory-bound" in text
     assert "split is 2.0x faster" in claims.engines_sentence(10_000, 90_000, 20_000, "compute", {})
+
+
+# --------------------------------------------------------------------------- sliding window and GQA (issue 17)
+def _window_keep(nq, nk, left, right):
+    pos = np.arange(nq)[:, None] + (nk - nq)
+    j = np.arange(nk)[None, :]
+    return ((j >= pos - left) | (left < 0)) & ((j <= pos + right) | (right < 0))
+
+
+@pytest.mark.parametrize("causal, window", [(True, (8, 0)), (False, (4, 6)), (True, (-1, 0))])
+def test_window_skips_are_told_apart_from_causal_skips(causal, window):
+    """Each tile's state after the run, against the masks: visited iff any key visible; skipped by the window
+    iff causality alone would have kept some of it."""
+    q, k, v = random_qkv(40, 8, seed=2)
+    res = refattn.flash_forward(q, k, v, sram=512, causal=causal, window=window, trace=True)
+    rows, cols, states, _ = playback.tile_states(res.trace, res.n_steps + 1, 40, 40, res.plan)
+    by_causal = np.tril(np.ones((40, 40), bool)) if causal else np.ones((40, 40), bool)
+    keep = by_causal & _window_keep(40, 40, *window)
+    want = np.empty_like(states)
+    for i in range(len(rows) - 1):
+        for j in range(len(cols) - 1):
+            tile = np.s_[rows[i]:rows[i + 1], cols[j]:cols[j + 1]]
+            want[i, j] = DONE if keep[tile].any() else (SKIPPED_WINDOW if by_causal[tile].any() else SKIPPED)
+    assert states.tolist() == want.tolist()
+    counts = playback.tile_counts(res, 40, 40)
+    assert counts["window_skipped"] == int((want == SKIPPED_WINDOW).sum()) > (0 if window[0] >= 0 else -1)
+    assert counts["visited"] + counts["causal_skipped"] + counts["window_skipped"] == counts["total"] == states.size
+
+
+def test_payload_carries_the_window_and_its_skips():
+    q, k, v = random_qkv(40, 8, seed=2)
+    res = refattn.flash_forward(q, k, v, sram=512, causal=True, window=(8, 0), trace=True)
+    p = playback.payload(res, 40, 40, "flash")
+    assert p["sliding_window"] == [8, 0] and p["window_edges"] == [-8, 0] and p["causal_offset"] == 0
+    assert set(p["ev"]["skip"]) == {0, playback.SKIP_CAUSAL, playback.SKIP_WINDOW}
+    skip_steps = {s: sk for s, sk in zip(p["ev"]["step"], p["ev"]["skip"]) if sk}
+    for s, sk in skip_steps.items():
+        why = "outside the window" if sk == playback.SKIP_WINDOW else "causal"
+        assert f"skips 1 fully masked tile ({why})" in p["narration"][s - 1]
+    plain = playback.payload(refattn.flash_forward(q, k, v, sram=512, trace=True), 40, 40, "flash")
+    assert plain["sliding_window"] is None and plain["window_edges"] is None
+
+
+def test_window_sentence_is_the_kernels_counts():
+    q, k, v = random_qkv(64, 16, seed=0)
+    res = refattn.flash_forward(q, k, v, sram=1024, causal=True, window=(16, 0), trace=True)
+    dense = refattn.flash_forward(q, k, v, sram=1024, causal=True, count_only=True)
+    kv = lambda r: r.traffic.reads["K"] + r.traffic.reads["V"]
+    counts = playback.tile_counts(res, 64, 64)
+    text = claims.window_sentence((16, 0), counts, kv(res), kv(dense), res.traffic.total, dense.traffic.total)
+    assert kv(res) < kv(dense) and counts["window_skipped"] > 0
+    assert text == (f"window (16, 0): {counts['visited']} of {counts['total']} tiles visited "
+                    f"({counts['window_skipped']} skipped outside the window, {counts['causal_skipped']} by "
+                    f"the causal mask); against the same kernel without the window, K/V reads "
+                    f"{round(100 * kv(res) / kv(dense))} % of dense ({kv(res):,} vs {kv(dense):,} elements: "
+                    f"{kv(dense) / kv(res):.1f}x fewer) and all HBM accesses {res.traffic.total:,} vs "
+                    f"{dense.traffic.total:,} ({dense.traffic.total / res.traffic.total:.1f}x fewer).")
+    same = claims.window_sentence((-1, 3), dict(counts, causal_skipped=0), 10, 10, 20, 30)
+    assert same.startswith("window (unbounded, 3):") and "(10 vs 10 elements: the same)" in same
+
+
+def test_gqa_sentence_follows_the_counted_reads():
+    """FA1 reads each KV head once per group; FA2 once per query head: the sentence says what was counted."""
+    q, k, v = random_qkv(32, 8, seed=0)
+    heads = lambda x, h: np.ascontiguousarray(np.broadcast_to(x, (h,) + x.shape))
+    assert claims.gqa_mapping(4, 2) == "query heads 0, 1 → KV head 0; 2, 3 → KV head 1"
+    assert claims.gqa_sentence(4, 1, "fa1", 1, 4, 1, 4).startswith("GQA, 4 query heads on 1 KV head (")
+    for variant in ("fa1", "fa2"):
+        run = lambda hkv, variant=variant: refattn.flash_forward(
+            heads(q, 4), heads(k, hkv), heads(v, hkv), sram=512, variant=variant, count_only=True,
+            num_kv_heads=hkv if hkv < 4 else None).traffic
+        g, mha = (r.reads["K"] + r.reads["V"] for r in (run(2), run(4)))
+        text = claims.gqa_sentence(4, 2, variant, g, mha, 2 * 32 * 16, 4 * 32 * 16)
+        assert text.startswith("GQA, 4 query heads on 2 KV heads (query heads 0, 1 → KV head 0;")
+        assert f"K/V reads {g:,} vs {mha:,} with 4 KV heads (MHA)" in text and "2.0x fewer)" in text
+        if variant == "fa1":
+            assert g * 2 == mha and "reads each KV head once for its group of 2 query heads" in text
+        else:
+            assert g == mha and "saves no reads here" in text

@@ -329,6 +329,37 @@ def test_every_page_in_the_browser(server, browser_page, screenshot_dir):
         assert (screenshot_dir / f"{name}.png").stat().st_size > 10_000
 
 
+def test_forward_window_in_the_browser(server, chromium, screenshot_dir):
+    """A causal sliding window (16, 0): the tiles outside it are drawn in their own colour, counted as the trace."""
+    import refattn
+    from refattn.data import random_qkv
+    from viz_app import playback
+
+    page = chromium.new_page(viewport={"width": 1500, "height": 2300})
+    page.set_default_timeout(180_000)
+    open_page(page, server, "forward", {}, query="?window=1&wl=16&wr=0&causal=1")
+    frame = wait_player(page)
+    q, k, v = random_qkv(64, 16, seed=0)
+    res = refattn.flash_forward(q, k, v, sram=1024, variant="fa2", causal=True, window=(16, 0), trace=True)
+    counts = playback.tile_counts(res, 64, 64)
+    assert counts["window_skipped"] > 0 and counts["causal_skipped"] > 0
+    legend = frame.inner_text("#panel-0 .legend")
+    assert "skipped (outside the window)" in legend and "window (16, 0) edges" in legend
+    first_window_skip = next(s for s in range(1, res.n_steps + 1) if any(
+        e.kind == "skip" and e.cols[1] <= e.rows[0] - 16 for e in res.trace.events_at(s)))  # left of the window
+    goto(frame, first_window_skip)
+    assert "skips 1 fully masked tile (outside the window)" in frame.inner_text("#narr-0")
+    goto(frame, res.n_steps + 1)  # finished: every tile has its final state
+    drawn = frame.evaluate("() => { const t = panels[0]._tiles; const n = s => t.filter(x => x === s).length;"
+                           " return [n(1), n(2), n(3)]; }")
+    assert drawn == [counts["visited"], counts["causal_skipped"], counts["window_skipped"]]
+    assert number(frame, "#reads-0") == res.traffic.total_reads
+    text = page.locator('[data-testid="stMarkdown"]').all_inner_texts()
+    assert any(f"{counts['visited']} of {counts['total']} tiles visited" in t for t in text)
+    shot(page, screenshot_dir, "forward_window")
+    page.close()
+
+
 def test_narrow_screen_keeps_each_kernel_with_its_code(server, chromium, screenshot_dir):
     """At 390 px the two kernels stack, each with its own pseudo-code, counters and grid."""
     page = chromium.new_page(viewport={"width": 390, "height": 1400})
