@@ -62,6 +62,24 @@ head's row block, so it reads K_j and V_j once per query head and query block
 together, G times the footprint: FlashAttention-3's packed-GQA layout, not
 modelled here).
 
+Variable-length (packed) batches (``cu_seqlens_q``, ``cu_seqlens_k``; docs/variants.md),
+as FlashAttention's varlen kernels do them: the loops walk a *tile layout*
+(refattn/kernels/variant_args.py), the same tables for every problem. A
+rectangular problem is one segment ``[0, Nq) x [0, Nk)``; a packed batch has one
+segment per sequence b, query rows ``[cu_q[b], cu_q[b+1])`` against key rows
+``[cu_k[b], cu_k[b+1])``, then the padding queries (rows after ``cu_q[-1]``, no
+keys) and the padding keys (after ``cu_k[-1]``, no queries). Row and key blocks
+are cut per segment (each segment's last block may be partial), so no tile
+crosses a sequence boundary and the keys of another sequence are never loaded;
+causal, the window and ALiBi use the sequence's own ``Nq_b``, ``Nk_b``. The
+order is that of the segments: FA2 runs head by head, segment by segment, the
+row blocks of a segment against its key blocks; FA1 runs, per KV head, each
+segment's key blocks against that segment's row blocks. A row block whose
+segment has no keys (an empty sequence's queries, the padding rows) is one step
+with one empty tile, skipped (a ``skip`` event with ``c0 = c1``), in which FA2
+writes O = 0 and L = -inf; FA1 writes them in its init and finalise steps, like
+every row. So the outputs of padding rows are 0 and -inf, written by the kernel.
+
 Precision: m, l and the accumulator are kept in the input dtype (float32 or
 float64). Outputs: ``o`` (..., Nq, dv) and ``lse`` (..., Nq), both in the
 **input dtype** (natural log).
@@ -73,7 +91,9 @@ over query blocks and its traffic falls with Br: ``Br = ceil(M/(4d))``,
 the on-chip footprint (below) exceeds M the larger block is halved (rounding
 up; the inner-loop block on ties). If even Br = Bc = 1 does not fit, or an
 explicit ``block`` does not fit, :class:`refattn.memory.SramTooSmall` is raised.
-Explicit blocks larger than N are clipped to N.
+Explicit blocks larger than N are clipped to N. In a packed batch N is the
+longest segment's (``max_s Nq_s``, ``max_s Nk_s``), and the plan's ``Tr``, ``Tc``
+count the row and key blocks of all segments (``sum_s Tr_s``, ``sum_s Tc_s``).
 
 On-chip footprint (slots ``SLOTS``; P overwrites S in place in slot ``S_ij``,
 P~V_j accumulates into O_i as a matrix unit would; per-row scalars such as
@@ -87,14 +107,17 @@ m~, l~ and the rescale factors live in registers and are not counted)::
 Steps (numbered 1..n_steps; what ``stop_after`` and the trace count; docs/contract.md):
 
 * FA2 (phase "main"): one step per (query block i, key block j) tile, i outer,
-  j inner, heads one after another: ``n_steps = B*Tr*Tc``. A skipped tile is a
+  j inner, heads one after another: ``n_steps = B*Tr*Tc``; for a packed batch
+  ``B * sum_s Tr_s * max(Tc_s, 1)`` over the segments s (``Tr_s``, ``Tc_s``
+  their row and key blocks; a segment without keys has one empty tile per row block). A skipped tile is a
   step with one ``skip`` event. The load of Q_i belongs to the step of its
   first visible tile; the final write of O_i and L_i belongs to the step of
   tile (i, Tc-1).
 * FA1: per KV head, one initialisation step for its G query heads (phase
   "init"), then one step per tile (j outer, then the group's query heads, then
   i; "main"), then one finalise step ("finalise"):
-  ``n_steps = (B/G)*(G*Tr*Tc + 2)`` (``B*(Tr*Tc + 2)`` without GQA). K_j and
+  ``n_steps = (B/G)*(G*Tr*Tc + 2)`` (``B*(Tr*Tc + 2)`` without GQA); for a
+  packed batch ``(B/G)*(G * sum_s Tr_s*Tc_s + 2)``. K_j and
   V_j are released in the step of the group's last tile of column j.
 
 ``result.state.arrays`` of a stopped run: ``m``, ``l`` (the rows' running max
@@ -123,6 +146,16 @@ prefix ``j < J_i`` of the causal case. Then
           O reads dv*R, O writes Nq*dv + dv*R;  l reads R + Nq, l writes Nq + R;
           m reads R + Nq, m writes Nq + R;  L writes Nq;  mask reads A.
           No causal: Nk*(d + dv) + Tc*Nq*(d + 2*dv + 4) + Nq*(dv + 5).
+
+Packed batches: the same closed forms, with ``Nq``, ``Nk`` the packed totals
+(padding included) and R, C, A, Qr, Kc summed over the sequences, each
+sequence's terms being those of the rectangular problem ``(Nq_b, Nk_b)`` alone
+(its band, its blocks cut from ``cu_q[b]`` and ``cu_k[b]``). Padding query rows
+and the queries of a sequence without keys visit no tile: they cost only their
+share of the ``Nq`` terms (FA2: ``O`` writes ``dv``, ``L`` writes 1 per row;
+FA1: ``O`` writes ``dv``, ``l`` and ``m`` a read and a write each, ``L`` a write).
+Padding keys cost nothing in the forward. So, without causal, window or mask,
+FA2 reads ``sum_b (Nq_b*d + Tr_b*Nk_b*(d + dv))`` and writes ``Nq*(dv + 1)``.
 
 A window of w = left + right + 1 keys makes J_i about (Br + w)/Bc + 1 instead
 of Tc: FA2's K and V traffic falls from Tr*Nk*(d + dv) to about
@@ -159,7 +192,7 @@ from refattn.kernels.common import (
     warn_if_costly,
 )
 from refattn.kernels.contract import Plan
-from refattn.kernels.variant_args import prepare_variants
+from refattn.kernels.variant_args import block_counts, prepare_variants
 from refattn.memory import (
     T_K,
     T_L,
@@ -208,18 +241,24 @@ def forward_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool) -> int:
 
 
 def forward_plan(nb, nq, nk, d, dv, sram, *, variant="fa2", has_mask=False, causal=None, block=None, group=1,
-                 variants=None) -> Plan:
+                 variants=None, seqlens=None) -> Plan:
     """The :class:`Plan` of one forward run (block sizes by the rule of the module docstring).
 
-    ``group``: query heads per KV head (GQA); ``variants``: recorded in ``details``."""
-    bq, bk = plan_blocks(nq, nk, d, dv, sram, rule="kv_outer" if variant == "fa1" else "q_outer",
+    ``group``: query heads per KV head (GQA); ``variants``: recorded in ``details``; ``seqlens``:
+    ``[(Nq_s, Nk_s)]`` of the segments of a packed batch (refattn/kernels/variant_args.py; None: one
+    segment ``(Nq, Nk)``): blocks are clipped to the longest, and ``Tr``, ``Tc`` count the blocks of all."""
+    seqlens = [(nq, nk)] if seqlens is None else seqlens
+    bq, bk = plan_blocks(max(max(a for a, _ in seqlens), 1), max(max(b for _, b in seqlens), 1), d, dv, sram,
+                         rule="kv_outer" if variant == "fa1" else "q_outer",
                          footprint=lambda br, bc: forward_footprint(br, bc, d, dv, has_mask), block=block,
                          what=f"flash_forward ({variant}{', with mask' if has_mask else ''})")
-    tr, tc = -(-nq // bq), -(-nk // bk)
+    trs, tcs = block_counts(seqlens, bq, bk)
+    tr, tc = sum(trs), sum(tcs)
     if variant == "fa2":
-        n_steps, step = nb * tr * tc, "one (query block i, key block j) tile; i outer, j inner, heads in turn"
+        n_steps = nb * sum(a * max(b, 1) for a, b in zip(trs, tcs))
+        step = "one (query block i, key block j) tile; i outer, j inner, heads in turn"
     else:
-        n_steps = nb // group * (group * tr * tc + 2)
+        n_steps = nb // group * (group * sum(a * b for a, b in zip(trs, tcs)) + 2)
         step = ("per KV head: the initialisation of its query heads, one (key block j, query head, query block i) "
                 "tile each (j outer), the finalisation")
     return Plan(kernel=f"flash_forward/{variant}", blocks={"Br": bq, "Bc": bk}, tiles={"Tr": tr, "Tc": tc},
@@ -232,14 +271,19 @@ def forward_plan(nb, nq, nk, d, dv, sram, *, variant="fa2", has_mask=False, caus
 # FA2: one query block (all its tiles); the serial and parallel drivers share it
 # ---------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o,
+def _fa2_row(mem, dims, b, t, q, k, v, mask, has_mask, scale, tiles, vt, bq, bk, o, lse, st_m, st_l, st_o,
              info, compute):
+    """Row block ``rblocks[t]`` of query head b against the key blocks of its segment (the tile layout:
+    refattn/kernels/variant_args.py). A segment without keys has one empty tile, skipped, so the block
+    is still finalised (O = 0, L = -inf) in a step of its own."""
     nb, nq, nk, d, dv = dims
-    group, lo, aoff, softcap, slopes = vt  # variants (refattn/kernels/variant_args.py)
+    group, softcap, slopes = vt[0], vt[3], vt[4]  # variants (refattn/kernels/variant_args.py)
+    seqs, rblocks, cblocks = tiles
     h = b // group  # the KV head of query head b
-    tc = (nk + bk - 1) // bk
-    r0 = i * bq
-    r1 = min(r0 + bq, nq)
+    s, r0, r1 = rblocks[t, 0], rblocks[t, 1], rblocks[t, 2]
+    causal, off, lo, aoff = seqs[s, 4], seqs[s, 5], seqs[s, 6], seqs[s, 7]
+    cb0, cb1 = seqs[s, 10], seqs[s, 11]
+    tc = max(cb1 - cb0, 1)  # (an empty segment: one empty tile)
     br = r1 - r0
     set_head(mem, b)
     nbr = br if compute else 0  # count-only runs keep no arrays
@@ -255,8 +299,9 @@ def _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, b
     hold(mem, T_LSUM, S_L, r0, r1, 0, 1)
     q_loaded = False
     for j in range(tc):
-        c0 = j * bk
-        c1 = min(c0 + bk, nk)
+        c0 = c1 = seqs[s, 2]
+        if cb1 > cb0:
+            c0, c1 = cblocks[cb0 + j, 1], cblocks[cb0 + j, 2]
         bc = c1 - c0
         vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
         if vis != 0:
@@ -269,8 +314,8 @@ def _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, b
                 load(mem, T_MASK, S_MASK, r0, r1, c0, c1)
             hold(mem, T_S, S_S, r0, r1, c0, c1)
             if compute:
-                for t in range(bc):
-                    cols[t] = c0 + t
+                for u in range(bc):
+                    cols[u] = c0 + u
                 st, eff = score_tile(q[b, r0:r1], k[h, c0:c1], bc, s_buf, scale, r0, cols, vis == 2, off,
                                      mask, has_mask, b, lo, softcap, slopes[b], aoff)
                 online_update(st, v[h, c0:c1], eff, m, l, acc, work, pv)
@@ -296,27 +341,27 @@ def _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, b
 
 
 @numba.njit(cache=True)
-def _fa2_serial(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o, info,
+def _fa2_serial(mem, dims, q, k, v, mask, has_mask, scale, tiles, vt, bq, bk, o, lse, st_m, st_l, st_o, info,
                 compute):
-    nb, nq = dims[0], dims[1]
-    tr = (nq + bq - 1) // bq
+    nb = dims[0]
+    nrb = tiles[1].shape[0]
     for b in range(nb):
-        for i in range(tr):
-            if _fa2_row(mem, dims, b, i, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk,
+        for t in range(nrb):
+            if _fa2_row(mem, dims, b, t, q, k, v, mask, has_mask, scale, tiles, vt, bq, bk,
                         o, lse, st_m, st_l, st_o, info, compute):
                 return
 
 
 @numba.njit(cache=True, parallel=True)
-def _fa2_parallel(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o,
+def _fa2_parallel(mem, dims, q, k, v, mask, has_mask, scale, tiles, vt, bq, bk, o, lse, st_m, st_l, st_o,
                   info, compute, tasks):
     """The same rows as :func:`_fa2_serial`, one task per (head, query block), each
     with its own counters (``tasks``), reduced afterwards in task order."""
-    nb, nq = dims[0], dims[1]
-    tr = (nq + bq - 1) // bq
-    for t in numba.prange(nb * tr):
-        _fa2_row(task_mem(tasks, t), dims, t // tr, balanced_order(t % tr, tr), q, k, v, mask, has_mask, scale,
-                 causal, off, vt, bq, bk, o, lse, st_m, st_l, st_o, info, compute)
+    nb = dims[0]
+    nrb = tiles[1].shape[0]
+    for t in numba.prange(nb * nrb):
+        _fa2_row(task_mem(tasks, t), dims, t // nrb, balanced_order(t % nrb, nrb), q, k, v, mask, has_mask, scale,
+                 tiles, vt, bq, bk, o, lse, st_m, st_l, st_o, info, compute)
     reduce_tasks(mem, tasks)
 
 
@@ -324,11 +369,11 @@ def _fa2_parallel(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq
 # FA1: outer loop over key blocks; O, l, m live in HBM between tiles
 # ---------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _fa1(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, lse, lh, mh, info, compute):
+def _fa1(mem, dims, q, k, v, mask, has_mask, scale, tiles, vt, bq, bk, o, lse, lh, mh, info, compute):
     nb, nq, nk, d, dv = dims
-    group, lo, aoff, softcap, slopes = vt  # variants (refattn/kernels/variant_args.py)
-    tr = (nq + bq - 1) // bq
-    tc = (nk + bk - 1) // bk
+    group, softcap, slopes = vt[0], vt[3], vt[4]  # variants (refattn/kernels/variant_args.py)
+    seqs, rblocks, cblocks = tiles
+    nrb = rblocks.shape[0]
     nbq = bq if compute else 0  # count-only runs keep no arrays
     s_buf = np.empty(nbq * bk, q.dtype)
     cols = np.empty(bk, np.int64)
@@ -342,9 +387,8 @@ def _fa1(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, 
         # step: initialise O = 0, l = 0, m = -inf in HBM for the group's heads (Algorithm 1, line 2)
         for b in range(b0, b0 + group):
             set_head(mem, b)
-            for i in range(tr):
-                r0 = i * bq
-                r1 = min(r0 + bq, nq)
+            for t in range(nrb):
+                r0, r1 = rblocks[t, 1], rblocks[t, 2]
                 if compute:
                     o[b, r0:r1] = 0
                     lh[b, r0:r1] = 0
@@ -358,68 +402,68 @@ def _fa1(mem, dims, q, k, v, mask, has_mask, scale, causal, off, vt, bq, bk, o, 
                 free_all(mem)
         if stop_here(mem, info, 0, b0, 0, nq, 0, 0):
             return
-        for j in range(tc):
-            c0 = j * bk
-            c1 = min(c0 + bk, nk)
-            bc = c1 - c0
-            for t in range(bc):
-                cols[t] = c0 + t
-            kv_loaded = False  # K_j, V_j stay on chip for every query head of the group
-            for b in range(b0, b0 + group):
-                set_head(mem, b)
-                for i in range(tr):
-                    r0 = i * bq
-                    r1 = min(r0 + bq, nq)
-                    br = r1 - r0
-                    vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
-                    if vis != 0:
-                        kv_loaded = load_kv_once(mem, kv_loaded, S_K, S_V, c0, c1, d, dv)
-                        load(mem, T_Q, S_Q, r0, r1, 0, d)
-                        load(mem, T_O, S_O, r0, r1, 0, dv)
-                        load(mem, T_LSUM, S_L, r0, r1, 0, 1)
-                        load(mem, T_M, S_M, r0, r1, 0, 1)
-                        if has_mask:
-                            load(mem, T_MASK, S_MASK, r0, r1, c0, c1)
-                        hold(mem, T_S, S_S, r0, r1, c0, c1)
-                        if compute:
-                            st, eff = score_tile(q[b, r0:r1], k[h, c0:c1], bc, s_buf, scale, r0, cols, vis == 2,
-                                                 off, mask, has_mask, b, lo, softcap, slopes[b], aoff)
-                            mt, lt, pv = mt_buf[:br], lt_buf[:br], pv_buf[:br]
-                            mt[:] = -np.inf
-                            lt[:] = 0
-                            pv[:] = 0
-                            # m~, l~, P~ V_j of this tile (lines 9-10)
-                            online_update(st, v[h, c0:c1], eff, mt, lt, pv, work, tmp_buf[:br])
-                            zero = scale - scale
-                            for r in range(br):  # merge with the running m_i, l_i, O_i (lines 11-12)
-                                mi, li = mh[b, r0 + r], lh[b, r0 + r]
-                                mnew = max(mi, mt[r])
-                                shift = zero
-                                if mnew != -np.inf:
-                                    shift = mnew
-                                a_old = np.exp(mi - shift)
-                                a_new = np.exp(mt[r] - shift)
-                                lnew = a_old * li + a_new * lt[r]
-                                if lnew > 0:
-                                    c_old = li * a_old / lnew
-                                    c_new = a_new / lnew
-                                    for t in range(dv):
-                                        o[b, r0 + r, t] = c_old * o[b, r0 + r, t] + c_new * pv[r, t]
-                                mh[b, r0 + r] = mnew
-                                lh[b, r0 + r] = lnew
-                        hold(mem, T_P, S_S, r0, r1, c0, c1)
-                        count_flops(mem, 2 * br * bc * (d + dv), br * bc + 2 * br)
-                        store(mem, T_O, S_O, r0, r1, 0, dv)
-                        store(mem, T_LSUM, S_L, r0, r1, 0, 1)
-                        store(mem, T_M, S_M, r0, r1, 0, 1)
-                    if close_step(mem, info, 1, b, r0, r1, c0, c1, i == tr - 1 and b == b0 + group - 1):
-                        return
+        for s in range(seqs.shape[0]):  # segment s: its key blocks j against its row blocks i
+            causal, off, lo, aoff = seqs[s, 4], seqs[s, 5], seqs[s, 6], seqs[s, 7]
+            rb0, rb1 = seqs[s, 8], seqs[s, 9]
+            for jb in range(seqs[s, 10], seqs[s, 11]):
+                c0, c1 = cblocks[jb, 1], cblocks[jb, 2]
+                bc = c1 - c0
+                for u in range(bc):
+                    cols[u] = c0 + u
+                kv_loaded = False  # K_j, V_j stay on chip for every query head of the group
+                for b in range(b0, b0 + group):
+                    set_head(mem, b)
+                    for t in range(rb0, rb1):
+                        r0, r1 = rblocks[t, 1], rblocks[t, 2]
+                        br = r1 - r0
+                        vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
+                        if vis != 0:
+                            kv_loaded = load_kv_once(mem, kv_loaded, S_K, S_V, c0, c1, d, dv)
+                            load(mem, T_Q, S_Q, r0, r1, 0, d)
+                            load(mem, T_O, S_O, r0, r1, 0, dv)
+                            load(mem, T_LSUM, S_L, r0, r1, 0, 1)
+                            load(mem, T_M, S_M, r0, r1, 0, 1)
+                            if has_mask:
+                                load(mem, T_MASK, S_MASK, r0, r1, c0, c1)
+                            hold(mem, T_S, S_S, r0, r1, c0, c1)
+                            if compute:
+                                st, eff = score_tile(q[b, r0:r1], k[h, c0:c1], bc, s_buf, scale, r0, cols,
+                                                     vis == 2, off, mask, has_mask, b, lo, softcap, slopes[b], aoff)
+                                mt, lt, pv = mt_buf[:br], lt_buf[:br], pv_buf[:br]
+                                mt[:] = -np.inf
+                                lt[:] = 0
+                                pv[:] = 0
+                                # m~, l~, P~ V_j of this tile (lines 9-10)
+                                online_update(st, v[h, c0:c1], eff, mt, lt, pv, work, tmp_buf[:br])
+                                zero = scale - scale
+                                for r in range(br):  # merge with the running m_i, l_i, O_i (lines 11-12)
+                                    mi, li = mh[b, r0 + r], lh[b, r0 + r]
+                                    mnew = max(mi, mt[r])
+                                    shift = zero
+                                    if mnew != -np.inf:
+                                        shift = mnew
+                                    a_old = np.exp(mi - shift)
+                                    a_new = np.exp(mt[r] - shift)
+                                    lnew = a_old * li + a_new * lt[r]
+                                    if lnew > 0:
+                                        c_old = li * a_old / lnew
+                                        c_new = a_new / lnew
+                                        for x in range(dv):
+                                            o[b, r0 + r, x] = c_old * o[b, r0 + r, x] + c_new * pv[r, x]
+                                    mh[b, r0 + r] = mnew
+                                    lh[b, r0 + r] = lnew
+                            hold(mem, T_P, S_S, r0, r1, c0, c1)
+                            count_flops(mem, 2 * br * bc * (d + dv), br * bc + 2 * br)
+                            store(mem, T_O, S_O, r0, r1, 0, dv)
+                            store(mem, T_LSUM, S_L, r0, r1, 0, 1)
+                            store(mem, T_M, S_M, r0, r1, 0, 1)
+                        if close_step(mem, info, 1, b, r0, r1, c0, c1, t == rb1 - 1 and b == b0 + group - 1):
+                            return
         # step: finalise L = m + log l for the backward, for the group's heads
         for b in range(b0, b0 + group):
             set_head(mem, b)
-            for i in range(tr):
-                r0 = i * bq
-                r1 = min(r0 + bq, nq)
+            for t in range(nrb):
+                r0, r1 = rblocks[t, 1], rblocks[t, 2]
                 load(mem, T_LSUM, S_L, r0, r1, 0, 1)
                 load(mem, T_M, S_M, r0, r1, 0, 1)
                 if compute:
@@ -453,21 +497,25 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
     allocated; docs/contract.md). A stopped count-only run has empty ``state.arrays``.
     Variants (docs/variants.md, as in :func:`refattn.reference.attention`):
     ``num_kv_heads`` (GQA/MQA; k, v ``(..., Hkv, Nk, .)``), ``window=(left, right)``,
-    ``softcap``, ``alibi_slopes``.
+    ``softcap``, ``alibi_slopes``, and ``cu_seqlens_q``/``cu_seqlens_k`` (a packed batch on
+    axis -2; tiles cut per sequence, padding rows written as O = 0, L = -inf: module docstring).
     """
     if variant not in VARIANTS:
         raise ValueError(f"flash_forward: variant must be one of {VARIANTS}, got {variant!r}")
     p, kv = prepare_variants(q, k, v, scale=scale, causal=causal, mask=mask, num_kv_heads=num_kv_heads,
                              window=window, softcap=softcap, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
-                             cu_seqlens_k=cu_seqlens_k, where="flash_forward", count_only=count_only)
+                             cu_seqlens_k=cu_seqlens_k, where="flash_forward", count_only=count_only,
+                             allow_varlen=True)
     sram = memory.as_sram(sram)
     nb, nq, nk, d, dv = p.dims
     has_mask = p.has_mask
     plan = forward_plan(nb, nq, nk, d, dv, sram, variant=variant, has_mask=has_mask, causal=p.causal, block=block,
-                        group=kv.group, variants=kv.details)
+                        group=kv.group, variants=kv.details, seqlens=kv.seqlens)
     plan.check_stop_after(stop_after)
     bq, bk, tr, tc = plan.blocks["Br"], plan.blocks["Bc"], plan.tiles["Tr"], plan.tiles["Tc"]
-    warn_if_costly("flash_forward", plan, p, count_only=count_only)
+    tiles = kv.layout(bq, bk)  # (seqs, rblocks, cblocks): the tile tables of refattn/kernels/variant_args.py
+    area = sum(a * b for a, b in kv.seqlens)  # Nq * Nk, or sum_b Nq_b * Nk_b of a packed batch
+    warn_if_costly("flash_forward", plan, p, count_only=count_only, flops=2 * nb * area * (d + dv))
 
     dt = p.q.dtype
     compute = not count_only
@@ -478,7 +526,7 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
     traced = bool(trace) or stop_after is not None
 
     ins = (readonly(x) for x in (p.q, kv.k, kv.v, p.mask))
-    common = (p.dims, *ins, has_mask, dt.type(p.scale), kv.causal, kv.off, kv.vt(dt), bq, bk, o, lse)
+    common = (p.dims, *ins, has_mask, dt.type(p.scale), tiles, kv.vt(dt), bq, bk, o, lse)
     if variant == "fa2":
         sq = bq if compute else 0
         st_m, st_l, st_o = np.zeros(sq, dt), np.zeros(sq, dt), np.zeros((sq, dv), dt)
@@ -488,19 +536,21 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
             o.fill(0)
             lse.fill(0)
             ntask = nb * tr
-            if traced or not compute or ntask < 2 or nb * nq * nk * (d + dv) < PARALLEL_MIN_WORK:
+            if traced or not compute or ntask < 2 or nb * area * (d + dv) < PARALLEL_MIN_WORK:
                 _fa2_serial(mem, *args)
             else:
                 _fa2_parallel(mem, *args, new_tasks(ntask, sram.capacity))
 
-        estimate = nb * (tr * tc * 8 + tr * 16)
+        estimate = plan.n_steps * 8 + nb * tr * 16
+        rblocks, seqs = tiles[1], tiles[0]
 
         def state_arrays(r0, r1, c1):
             if not compute:
                 return {}
             n = r1 - r0
+            seg = rblocks[(rblocks[:, 1] == r0) & (rblocks[:, 2] == r1), 0][0]
             return {"m": st_m[:n].copy(), "l": st_l[:n].copy(), "o_partial": st_o[:n].copy(),
-                    "o_normalised": c1 == nk}
+                    "o_normalised": c1 == seqs[seg, 3]}  # the row block's last key block was done
     else:
         lh, mh = np.zeros((hb, hq), dt), np.zeros((hb, hq), dt)  # HBM l and m
         args = (*common, lh, mh, info, compute)
@@ -508,7 +558,7 @@ def flash_forward(q, k, v, *, sram, variant="fa2", causal=False, scale=None, mas
         def call(mem):
             _fa1(mem, *args)
 
-        estimate = nb * (tr * tc * 14 + tc * 10 + tr * 20 + 8)
+        estimate = plan.n_steps * 14 + nb * (tc * 10 + tr * 20 + 8)
 
         def state_arrays(r0, r1, c1):
             if not compute:

@@ -32,6 +32,16 @@ each j: the group's heads, then i), so K_j and V_j are read once per KV head
 and dK_j, dV_j accumulate the whole group on chip and are written once per
 KV head: no expanded dK, dV in HBM.
 
+Packed batches (``cu_seqlens``): the tile layout of the forward
+(refattn/kernels/variant_args.py; :mod:`refattn.kernels.flash`): the pre-pass
+runs over the row blocks of every segment (padding rows included: they get
+D and dQ = 0), the main loop over the key blocks of every segment against that
+segment's row blocks only. A key block whose segment has no queries (a
+sequence with keys and no queries, the padding keys) is one step with one
+empty tile, skipped, in which dK_j = dV_j = 0 are written; so every key row's
+dK and dV are written by the kernel, and the keys of other sequences are never
+loaded.
+
 Precision: the tiles are computed in the input dtype (float32 or float64);
 ``o``, ``lse`` and ``do`` are cast to it. Two sums are kept in float64 because
 float32 loses too much in them (docs/design.md, "Precision"):
@@ -58,7 +68,8 @@ dP_ij (dP then dS), mask_ij; pre-pass O_i, dO_i, D_i, dQ_i.
 
 Steps (1..n_steps): per KV head, ``G*Tr`` pre-pass steps (phase "pre-pass"),
 then one step per (j, query head, i) tile (j outer, phase "main"), skipped tiles
-included: ``n_steps = B*(Tr + Tr*Tc)`` (B query heads). The writes of dK_j and
+included: ``n_steps = B*(Tr + Tr*Tc)`` (B query heads); for a packed batch
+``B * sum_s Tr_s + (B/G) * sum_s Tc_s * max(G*Tr_s, 1)`` over the segments s. The writes of dK_j and
 dV_j belong to the step of the group's last tile of column j. ``result.state.arrays`` of a stopped run: ``dk_partial``,
 ``dv_partial`` (the on-chip dK_j, dV_j sums of the current key block, float64).
 
@@ -71,6 +82,12 @@ R, A, Kc as in :mod:`refattn.kernels.flash`: the visible key blocks
     dQ writes Nq*d + d*R, reads d*R;  Q reads d*R;  L reads R;
     K reads d*Kc;  V reads dv*Kc;  dK writes Nk*d;  dV writes Nk*dv (per KV head);  mask reads A.
     No causal, no mask: Nq*(2dv + 1 + d) + Tc*Nq*(3d + dv + 2) + Nk*(2d + 2dv).
+
+Packed batches: the same closed form with ``Nq``, ``Nk`` the packed totals
+(padding included) and R, A, Kc summed over the sequences (each that of the
+rectangular problem ``(Nq_b, Nk_b)``). Padding rows cost their pre-pass (O and
+dO reads, D and dQ writes); padding keys and the keys of sequences without
+queries cost their dK and dV writes only.
 
 FLOPs: 2*br*bc*(3d + 2dv) per visited tile (S, dV, dP, dQ, dK); exponentials
 br*bc per visited tile.
@@ -104,7 +121,7 @@ from refattn.kernels.common import (
     warn_if_costly,
 )
 from refattn.kernels.contract import Plan
-from refattn.kernels.variant_args import prepare_variants
+from refattn.kernels.variant_args import block_counts, prepare_variants
 from refattn.memory import (
     T_D,
     T_DK,
@@ -158,17 +175,21 @@ def backward_footprint(br: int, bc: int, d: int, dv: int, has_mask: bool, softca
 
 
 def backward_plan(nb, nq, nk, d, dv, sram, *, has_mask=False, causal=None, block=None, group=1,
-                  variants=None) -> Plan:
+                  variants=None, seqlens=None) -> Plan:
     """``group``: query heads per KV head (GQA); ``variants``: recorded in ``details`` (a softcap adds
-    the ``dtanh_ij`` tile)."""
+    the ``dtanh_ij`` tile); ``seqlens``: ``[(Nq_s, Nk_s)]`` of the segments of a packed batch
+    (refattn/kernels/variant_args.py; None: one segment ``(Nq, Nk)``)."""
     cap = bool((variants or {}).get("softcap"))
-    bq, bk = plan_blocks(nq, nk, d, dv, sram, rule="kv_outer",
+    seqlens = [(nq, nk)] if seqlens is None else seqlens
+    bq, bk = plan_blocks(max(max(a for a, _ in seqlens), 1), max(max(b for _, b in seqlens), 1), d, dv, sram,
+                         rule="kv_outer",
                          footprint=lambda br, bc: backward_footprint(br, bc, d, dv, has_mask, cap), block=block,
                          what=f"flash_backward{' with mask' if has_mask else ''}{' with softcap' if cap else ''}")
-    tr, tc = -(-nq // bq), -(-nk // bk)
-    return Plan(kernel="flash_backward", blocks={"Br": bq, "Bc": bk}, tiles={"Tr": tr, "Tc": tc},
+    trs, tcs = block_counts(seqlens, bq, bk)
+    n_steps = nb * sum(trs) + nb // group * sum(b * max(group * a, 1) for a, b in zip(trs, tcs))
+    return Plan(kernel="flash_backward", blocks={"Br": bq, "Bc": bk}, tiles={"Tr": sum(trs), "Tc": sum(tcs)},
                 footprint=slot_footprint(bq, bk, d, dv, has_mask, cap), M=sram.capacity,
-                n_steps=nb * (tr + tr * tc),
+                n_steps=n_steps,
                 step="per KV head: one pre-pass step per (query head, query block), then one (key block j, "
                      "query head, query block i) tile each (j outer)",
                 details={"variant": "fa2_backward", "causal": causal or "none", "masked": has_mask, "heads": nb,
@@ -176,20 +197,19 @@ def backward_plan(nb, nq, nk, d, dv, sram, *, has_mask=False, causal=None, block
 
 
 @numba.njit(cache=True)
-def _pre_pass(mem, dims, b, q, o, do, bq, dq, dh, info, compute):
-    """Pre-pass of head b: D = rowsum(dO * O) (summed in float64) and dQ = 0 to HBM. True if stopped."""
+def _pre_pass(mem, dims, b, q, o, do, rblocks, dq, dh, info, compute):
+    """Pre-pass of head b: D = rowsum(dO * O) (summed in float64) and dQ = 0 to HBM, one step per
+    row block of the tile layout. True if stopped."""
     nb, nq, nk, d, dv = dims
-    tr = (nq + bq - 1) // bq
-    for i in range(tr):
-        r0 = i * bq
-        r1 = min(r0 + bq, nq)
+    for t in range(rblocks.shape[0]):
+        r0, r1 = rblocks[t, 1], rblocks[t, 2]
         load(mem, T_O, B_O, r0, r1, 0, dv)
         load(mem, T_DO, B_DO, r0, r1, 0, dv)
         if compute:
             for r in range(r0, r1):
                 acc = 0.0
-                for t in range(dv):
-                    acc += np.float64(do[b, r, t]) * np.float64(o[b, r, t])
+                for x in range(dv):
+                    acc += np.float64(do[b, r, x]) * np.float64(o[b, r, x])
                 dh[b, r] = acc
             dq[b, r0:r1] = 0
         hold(mem, T_D, B_D, r0, r1, 0, 1)
@@ -214,10 +234,12 @@ def _probabilities(st, scale, lse_rows, neg):
 
 
 @numba.njit(cache=True)
-def _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk,
+def _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, tiles, vt, bq, bk,
                dq_out, hb, direct, dk, dv_, dh, st_dk, st_dv, info, compute):
-    """All tiles (j, g, i) of key block j of KV head h: the group's query heads g (b = h*G + g), then
-    i = 0..Tr-1 (the main loop's body; G = 1 without GQA).
+    """All tiles (j, g, i) of key block ``cblocks[j]`` of KV head h: the group's query heads g
+    (b = h*G + g), then the row blocks i of the key block's segment (the main loop's body; G = 1
+    without GQA; the tile layout: refattn/kernels/variant_args.py). A segment without queries has
+    one empty tile, skipped, so dK_j = dV_j = 0 are still written in a step of their own.
 
     Each tile's dQ contribution ``t = scale dS K_j`` is added to ``dq_out[b, rows]``
     (``direct``: the HBM dQ, serial runs) or stored in ``dq_out[hb, g*Nq + rows]`` (a
@@ -225,10 +247,11 @@ def _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, causal,
     both drivers make the same float additions in the same order). True if the run stopped.
     """
     nb, nq, nk, d, dv = dims
-    group, lo, aoff, softcap, slopes = vt  # variants (refattn/kernels/variant_args.py)
-    tr = (nq + bq - 1) // bq
-    c0 = j * bk
-    c1 = min(c0 + bk, nk)
+    group, softcap, slopes = vt[0], vt[3], vt[4]  # variants (refattn/kernels/variant_args.py)
+    seqs, rblocks, cblocks = tiles
+    s, c0, c1 = cblocks[j, 0], cblocks[j, 1], cblocks[j, 2]
+    causal, off, lo, aoff = seqs[s, 4], seqs[s, 5], seqs[s, 6], seqs[s, 7]
+    rb0, tr = seqs[s, 8], seqs[s, 9] - seqs[s, 8]
     bc = c1 - c0
     nbq, nbc = (bq, bc) if compute else (0, 0)  # count-only runs keep no arrays
     dt = q.dtype
@@ -251,13 +274,15 @@ def _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, causal,
     hold(mem, T_DK, B_DK, c0, c1, 0, d)
     hold(mem, T_DV, B_DV, c0, c1, 0, dv)
     kv_loaded = False  # K_j, V_j stay on chip for every query head of the group
-    for tile in range(group * tr):
-        g, i = tile // tr, tile % tr
+    ntile = max(group * tr, 1)  # (a segment without queries: one empty tile)
+    for tile in range(ntile):
+        g, i, r0, r1 = 0, 0, seqs[s, 0], seqs[s, 0]
+        if tr > 0:
+            g, i = tile // tr, tile % tr
+            r0, r1 = rblocks[rb0 + i, 1], rblocks[rb0 + i, 2]
         b = h * group + g
         if i == 0:
             set_head(mem, b)
-        r0 = i * bq
-        r1 = min(r0 + bq, nq)
         br = r1 - r0
         vis = enter_tile(mem, r0, r1, c0, c1, causal, off, lo)
         if vis != 0:
@@ -305,7 +330,7 @@ def _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, causal,
                 dkj += tk
             store(mem, T_DQ, B_DQ, r0, r1, 0, d)
             count_flops(mem, 2 * br * bc * (3 * d + 2 * dv), br * bc)
-        last = tile == group * tr - 1
+        last = tile == ntile - 1
         if last:  # dK_j, dV_j of the whole group, once per KV head
             if compute:
                 dk[h, c0:c1] = dkj.astype(dk.dtype)
@@ -321,35 +346,35 @@ def _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, causal,
 
 
 @numba.njit(cache=True)
-def _backward_serial(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk, dq, dk, dv_,
+def _backward_serial(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, tiles, vt, bq, bk, dq, dk, dv_,
                      dh, st_dk, st_dv, info, compute):
-    nb, nk = dims[0], dims[2]
+    nb = dims[0]
     group = vt[0]
-    tc = (nk + bk - 1) // bk
+    tc = tiles[2].shape[0]
     for h in range(nb // group):  # KV head h and its query heads h*G .. h*G + G - 1
         for b in range(h * group, h * group + group):
             set_head(mem, b)
-            if _pre_pass(mem, dims, b, q, o, do, bq, dq, dh, info, compute):
+            if _pre_pass(mem, dims, b, q, o, do, tiles[1], dq, dh, info, compute):
                 return
         for j in range(tc):
-            if _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk,
+            if _key_block(mem, dims, h, j, q, k, v, lse, do, mask, has_mask, scale, tiles, vt, bq, bk,
                           dq, 0, True, dk, dv_, dh, st_dk, st_dv, info, compute):
                 return
 
 
 @numba.njit(cache=True, parallel=True)
-def _backward_parallel(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk, dq, dk, dv_,
+def _backward_parallel(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, tiles, vt, bq, bk, dq, dk, dv_,
                        dh, st_dk, st_dv, info, compute, tasks, part):
     """The same tiles as :func:`_backward_serial`: the pre-passes, then one task per (head, key
     block) in waves of ``part.shape[0]`` tasks run in parallel (own counters, reduced in task
     order); after each wave the tasks' dQ contributions are added to dQ in key-block order."""
-    nb, nq, nk = dims[0], dims[1], dims[2]
-    tr = (nq + bq - 1) // bq
-    tc = (nk + bk - 1) // bk
+    nb, nq = dims[0], dims[1]
+    seqs, rblocks, cblocks = tiles
+    tr, tc = rblocks.shape[0], cblocks.shape[0]
     for b in range(nb):
         set_head(mem, b)
-        _pre_pass(mem, dims, b, q, o, do, bq, dq, dh, info, compute)
-    group, lo = vt[0], vt[1]
+        _pre_pass(mem, dims, b, q, o, do, rblocks, dq, dh, info, compute)
+    group = vt[0]
     ntask = nb // group * tc  # one task per (KV head, key block)
     wave = part.shape[0]
     for w0 in range(0, ntask, wave):
@@ -357,16 +382,15 @@ def _backward_parallel(mem, dims, q, k, v, o, lse, do, mask, has_mask, scale, ca
         for u in numba.prange(nw):
             t = w0 + balanced_order(u, nw)  # light and heavy causal key blocks on every thread
             tm = task_mem(tasks, t)
-            _key_block(tm, dims, t // tc, t % tc, q, k, v, lse, do, mask, has_mask, scale, causal, off, vt, bq, bk,
+            _key_block(tm, dims, t // tc, t % tc, q, k, v, lse, do, mask, has_mask, scale, tiles, vt, bq, bk,
                        part, t - w0, False, dk, dv_, dh, st_dk, st_dv, info, compute)
         if compute:
             for i in numba.prange(tr):  # dQ_i += contributions, key blocks in order
-                r0 = i * bq
-                r1 = min(r0 + bq, nq)
+                s, r0, r1 = rblocks[i, 0], rblocks[i, 1], rblocks[i, 2]
                 for u in range(nw):
                     h, j = (w0 + u) // tc, (w0 + u) % tc
-                    c0 = j * bk
-                    if visibility(r0, r1, c0, min(c0 + bk, nk), causal, off, lo) != 0:
+                    if cblocks[j, 0] == s and visibility(r0, r1, cblocks[j, 1], cblocks[j, 2], seqs[s, 4],
+                                                         seqs[s, 5], seqs[s, 6]) != 0:
                         for g in range(group):
                             dq[h * group + g, r0:r1] += part[u, g * nq + r0:g * nq + r1]
     reduce_tasks(mem, tasks)
@@ -389,7 +413,7 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
     where = "flash_backward"
     p, kv = prepare_variants(q, k, v, scale=scale, causal=causal, mask=mask, num_kv_heads=num_kv_heads,
                              window=window, softcap=softcap, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
-                             cu_seqlens_k=cu_seqlens_k, where=where, count_only=count_only)
+                             cu_seqlens_k=cu_seqlens_k, where=where, count_only=count_only, allow_varlen=True)
     sram = memory.as_sram(sram)
     nb, nq, nk, d, dv = p.dims
     dt = p.q.dtype
@@ -405,11 +429,13 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
                             else np.zeros((1, 1), dt) for x in (o_f, do_f, lse_f))
 
     plan = backward_plan(nb, nq, nk, d, dv, sram, has_mask=p.has_mask, causal=p.causal, block=block,
-                         group=kv.group, variants=kv.details)
+                         group=kv.group, variants=kv.details, seqlens=kv.seqlens)
     group = kv.group
     plan.check_stop_after(stop_after)
     bq, bk, tr, tc = plan.blocks["Br"], plan.blocks["Bc"], plan.tiles["Tr"], plan.tiles["Tc"]
-    warn_if_costly(where, plan, p, count_only=count_only, flops=2 * nb * nq * nk * (3 * d + 2 * dv))
+    tiles = kv.layout(bq, bk)  # (seqs, rblocks, cblocks): the tile tables of refattn/kernels/variant_args.py
+    area = sum(a * b for a, b in kv.seqlens)  # Nq * Nk, or sum_b Nq_b * Nk_b of a packed batch
+    warn_if_costly(where, plan, p, count_only=count_only, flops=2 * nb * area * (3 * d + 2 * dv))
 
     hb, hq, hk = (nb, nq, nk) if compute else (1, 1, 1)  # count-only: placeholders, never touched
     dq = np.zeros((hb, hq, d), dt)
@@ -419,13 +445,13 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
     dh = np.zeros((hb, hq), dt)  # D in HBM
     st_dk, st_dv, info = np.zeros((bk, d)), np.zeros((bk, dv)), np.zeros(6, np.int64)
     ins = (readonly(x) for x in (p.q, kv.k, kv.v, o_f, lse_f, do_f, p.mask))
-    args = (p.dims, *ins, p.has_mask, dt.type(p.scale), kv.causal, kv.off, kv.vt(dt), bq, bk, dq, dk, dvv, dh,
+    args = (p.dims, *ins, p.has_mask, dt.type(p.scale), tiles, kv.vt(dt), bq, bk, dq, dk, dvv, dh,
             st_dk, st_dv, info, compute)
     traced = bool(trace) or stop_after is not None
 
     def call(mem):
         ntask = nb // group * tc  # (KV head, key block) tasks
-        if traced or not compute or ntask < 2 or nb * nq * nk * (d + dv) < PARALLEL_MIN_WORK:
+        if traced or not compute or ntask < 2 or nb * area * (d + dv) < PARALLEL_MIN_WORK:
             _backward_serial(mem, *args)
         else:
             # tasks per wave: as many as WAVE_BYTES of dQ contributions hold (at least two per thread)
@@ -438,7 +464,7 @@ def flash_backward(q, k, v, o, lse, do, *, sram, causal=False, scale=None, mask=
         arrays = {"dk_partial": st_dk[:n].copy(), "dv_partial": st_dv[:n].copy()} if compute else {}
         return step_state(mem, sram, trace_, info, PHASES, arrays)
 
-    estimate = nb * (tr * tc * 14 + tc * 8 + tr * 10)
+    estimate = plan.n_steps * 14 + nb * (tc * 8 + tr * 10)
     mem = run_with_trace(call, sram, trace=traced, trace_estimate=estimate, stop_after=stop_after)
     outputs = {}
     if compute:

@@ -15,11 +15,15 @@ was ruled out. The conventions checked, in order:
 * **causal alignment** (Nq != Nk): the output is the other alignment's.
 * **lse units**: lse is in base-2 logarithms.
 * **scale ignored**, **mask ignored**, **mask inverted**;
-* for problems with variants (GQA, window, softcap, ALiBi), first the nearby
+* for packed batches (``cu_seqlens``) first **varlen padding rows**: every
+  row of every sequence agrees (o and lse) and only the padding rows after
+  ``cu_seqlens_q[-1]`` differ, here and on a probe (FlashAttention leaves them
+  untouched);
+* for problems with variants (GQA, window, softcap, ALiBi, varlen), first the nearby
   conventions of :func:`refattn.testing.variants.alternatives` (window bounds
   exclusive or top-left aligned, softcap ignored or 0 read as a cap of zero,
-  ALiBi sign or alignment, GQA head mapping), each confirmed on a probe with
-  the same shapes and variants and fresh values.
+  ALiBi sign or alignment, GQA head mapping, causal alignment per sequence),
+  each confirmed on a probe with the same shapes and variants and fresh values.
 """
 
 from __future__ import annotations
@@ -163,12 +167,47 @@ def _variant_conventions(run, p: Problem, failure, o):
     return _not_a_convention(failure, "what " + " or ".join(f"'{name}'" for name, _ in seen) + " gives", why)
 
 
+def _padding_rows(run, p: Problem, failure, o, lse):
+    """Name 'varlen padding rows' when only the padding rows of a packed batch differ, here and on a probe."""
+    from refattn.testing.check import matches
+
+    pad = p.padding_rows()
+    o_ref, lse_ref = _ref(p)
+    bounds_o, bounds_lse = _bounds(run, p)
+    agree = lambda x, want, bounds, skip: x is None or matches(x, want, bounds, skip)
+    if not (agree(o, o_ref, bounds_o, pad) and agree(lse, lse_ref, bounds_lse, pad)):
+        return None  # some row of a sequence is wrong too
+    probe = _variant_probe(run, p)
+    got = _outputs(run, probe)
+    want_o, want_lse = _ref(probe)
+    probe_bounds = _bounds(run, probe)
+    if got is None or not (agree(got[0], want_o, probe_bounds[0], probe.padding_rows())
+                           and agree(got[1], want_lse, probe_bounds[1], probe.padding_rows())):
+        why = "the kernel did not run on the probe" if got is None else f"on the probe {probe.describe()} it does not"
+        return _not_a_convention(failure, "refattn's output on every row of every sequence", why)
+    rows = np.flatnonzero(pad.reshape(-1, p.nq)[0])
+    held = np.asarray(o)[..., rows, :]
+    what = "NaN" if np.isnan(held).all() else f"values such as {float(held.flat[0]):.4g}"
+    return _name(failure, "varlen padding rows",
+                 f"convention difference, varlen padding rows: the kernel leaves the padding query rows "
+                 f"{rows[0]}..{rows[-1]} (after cu_seqlens_q[-1] = {rows[0]}) unwritten or writes them otherwise "
+                 f"(they hold {what}), as FlashAttention's varlen kernels leave them untouched; refattn's convention "
+                 f"is o = 0 and lse = -inf there. Every row of every sequence agrees with the reference, here and "
+                 f"on a probe with fresh values. Compare only the rows before cu_seqlens_q[-1], or write the "
+                 f"padding rows.")
+
+
 def diagnose(run, p: Problem, failure, o, lse):
     """Name a known convention difference behind ``failure`` when the kernel really follows it."""
     from refattn.testing.check import matches
 
     if failure.kind not in ("mismatch", "nonfinite"):
         return failure
+    if p.padding_rows().any():
+        named = _padding_rows(run, p, failure, np.asarray(o, np.float64),
+                              None if lse is None else np.asarray(lse, np.float64))
+        if named is not None:
+            return named
     if p.variants:
         named = _variant_conventions(run, p, failure, np.asarray(o, np.float64))
         if named is not None:

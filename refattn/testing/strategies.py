@@ -120,7 +120,7 @@ class Capabilities:
     * ``values``: value stresses that may be drawn (of :data:`VALUE_KINDS`;
       leave out ``normal`` to always have at least one stress).
     * ``variants``: attention variants the kernel takes as keyword arguments
-      (of ``gqa``, ``window``, ``softcap``, ``alibi``; docs/variants.md and
+      (of ``gqa``, ``window``, ``softcap``, ``alibi``, ``varlen``; docs/variants.md and
       :mod:`refattn.testing.variants`). Default: none, and none is ever passed.
 
     Adding a capability (issue 17's variants, say) is adding a field with a
@@ -240,7 +240,9 @@ class Problem:
 
     def keep(self) -> np.ndarray:
         """The full keep-mask, shape ``(*lead, Nq, Nk)``."""
-        m = combined_mask(self.nq, self.nk, self.causal or False, self.mask, window=self.variants.get("window"))
+        m = combined_mask(self.nq, self.nk, self.causal or False, self.mask, window=self.variants.get("window"),
+                          cu_seqlens_q=self.variants.get("cu_seqlens_q"),
+                          cu_seqlens_k=self.variants.get("cu_seqlens_k"))
         shape = self.lead + (self.nq, self.nk)
         return np.ones(shape, bool) if m is None else np.broadcast_to(m, shape)
 
@@ -261,7 +263,17 @@ class Problem:
         slopes = self.variants.get("alibi_slopes")
         if slopes is None:
             return 0.0
-        return float(np.max(np.abs(alibi_bias(slopes, self.nq, self.nk)), initial=0.0))
+        cu_q, cu_k = self.variants.get("cu_seqlens_q"), self.variants.get("cu_seqlens_k")
+        bias = alibi_bias(slopes, self.nq, self.nk, cu_q, cu_k)
+        return float(np.max(np.abs(bias), initial=0.0))
+
+    def padding_rows(self) -> np.ndarray:
+        """Boolean ``(*lead, Nq)``: the query rows after ``cu_seqlens_q[-1]`` (none without varlen)."""
+        rows = np.zeros(self.nq, bool)
+        cu = self.variants.get("cu_seqlens_q")
+        if cu is not None:
+            rows[int(np.asarray(cu)[-1]):] = True
+        return np.broadcast_to(rows, self.lead + (self.nq,))
 
     def mask_description(self) -> str:
         parts = []
@@ -533,9 +545,15 @@ def problems(draw, capabilities: Capabilities | None = None):
         if "num_kv_heads" in variants:
             hkv = variants["num_kv_heads"]
             k, v = (np.ascontiguousarray(x[..., :hkv, :, :]) for x in (k, v))
-        if no_empty and "window" in variants and (~combined_mask(
-                nq, nk, causal or False, mask, window=variants["window"]).any(-1)).any():
-            del variants["window"]  # this window would leave a row with no key
+        for name in ("cu_seqlens_q", "window"):  # a packed batch, then a window, that leaves a row with no key
+            if no_empty and name in variants and (~combined_mask(
+                    nq, nk, causal or False, mask, window=variants.get("window"),
+                    cu_seqlens_q=variants.get("cu_seqlens_q"),
+                    cu_seqlens_k=variants.get("cu_seqlens_k")).any(-1)).any():
+                if name == "window":
+                    del variants["window"]
+                else:
+                    del variants["cu_seqlens_q"], variants["cu_seqlens_k"]
     return Problem(q, k, v, do, dtype, causal, mask, mask_kind, values, scale, seed, index_set, notes, variants)
 
 
@@ -555,4 +573,17 @@ def variant_arguments(draw, kinds, lead, nq, nk):
         heads = lead[-1] if lead else 1
         slopes = 2.0 ** (-8.0 * (np.arange(heads) + 1) / heads)  # the ALiBi paper's geometric slopes
         out["alibi_slopes"] = slopes * draw(pick([1.0, 0.1, 4.0])) if lead else np.float64(0.5)
+    if "varlen" in kinds:
+        nseq = draw(st.integers(1, 4))
+        out["cu_seqlens_q"], out["cu_seqlens_k"] = draw(cu_seqlens(nq, nseq)), draw(cu_seqlens(nk, nseq))
     return out
+
+
+@st.composite
+def cu_seqlens(draw, n, nseq):
+    """Cumulative lengths (int32, as FlashAttention takes them) of ``nseq`` sequences packed into at most ``n``
+    tokens: empty and 1-token sequences come up, and padding tokens after the last sequence in half the draws."""
+    used = n - draw(pick([0, 0, 1, 2, n]))
+    used = max(used, 0)
+    cuts = sorted(draw(st.lists(st.integers(0, used), min_size=nseq - 1, max_size=nseq - 1)))
+    return np.array([0, *cuts, used], np.int32)

@@ -24,6 +24,10 @@ from refattn.vitcod import Hardware, vitcod_forward
 
 D = 4
 PROBLEMS = [(13, 11, True), (7, 17, "top_left"), (10, 10, False)]  # (Nq, Nk, causal)
+#: A packed batch for the flash kernels (Nq, Nk, causal, varlen keywords): an empty sequence, a sequence with keys
+#: but no queries, two padding query rows and one padding key (docs/variants.md).
+PACKED = (13, 11, True, dict(cu_seqlens_q=[0, 4, 4, 4, 11], cu_seqlens_k=[0, 5, 5, 8, 10], window=(3, -1)))
+FLASH = ("fa1", "fa2", "flash_backward")
 
 
 def _inputs(seed, nq, nk):
@@ -46,13 +50,14 @@ def _sparse_set(seed, nq, nk, block=4):
 
 
 def _run(kernel, seed, problem, **kw):
-    nq, nk, causal = problem
+    nq, nk, causal, *packed = problem
     q, k, v, do = _inputs(seed, nq, nk)
+    variants = packed[0] if packed else {}
     if kernel in ("fa1", "fa2"):
-        return flash_forward(q, k, v, sram=200, variant=kernel, causal=causal, **kw)
+        return flash_forward(q, k, v, sram=200, variant=kernel, causal=causal, **variants, **kw)
     if kernel == "flash_backward":
-        o, lse = reference.attention(q, k, v, causal=causal)
-        return flash_backward(q, k, v, o, lse, do, sram=400, causal=causal, **kw)
+        o, lse = reference.attention(q, k, v, causal=causal, **variants)
+        return flash_backward(q, k, v, o, lse, do, sram=400, causal=causal, **variants, **kw)
     if kernel == "standard_forward":
         return standard_forward(q, k, v, sram=60, causal=causal, **kw)
     if kernel == "standard_backward":
@@ -83,8 +88,17 @@ KERNELS = {  # kernel -> (its name in messages, its phases, its documented state
 @pytest.mark.parametrize("problem", PROBLEMS, ids=[f"{a}x{b}-{c}" for a, b, c in PROBLEMS])
 @pytest.mark.parametrize("kernel", list(KERNELS))
 def test_every_kernel_keeps_the_contract(kernel, problem):
-    name, phases, arrays = KERNELS[kernel]
     seed = 1000 + list(KERNELS).index(kernel) + 10 * PROBLEMS.index(problem)
+    _keeps_the_contract(kernel, seed, problem, every_phase=problem == PROBLEMS[0])
+
+
+@pytest.mark.parametrize("kernel", FLASH)
+def test_the_flash_kernels_keep_the_contract_on_a_packed_batch(kernel):
+    _keeps_the_contract(kernel, 2000 + FLASH.index(kernel), PACKED, every_phase=True)
+
+
+def _keeps_the_contract(kernel, seed, problem, every_phase):
+    name, phases, arrays = KERNELS[kernel]
     full = _run(kernel, seed, problem)
     traced = _run(kernel, seed, problem, trace=True)
     plan = full.plan
@@ -110,7 +124,7 @@ def test_every_kernel_keeps_the_contract(kernel, problem):
         assert res.trace is not None and res.trace.n_steps == k
         seen.add(st.phase)
     assert seen <= phases
-    if problem == PROBLEMS[0]:
+    if every_phase:
         assert seen == phases  # every phase is reached (the sparse set of the first problem has both kinds)
     for out, x in full.outputs.items():  # stopping after the last step finishes the run
         np.testing.assert_array_equal(res.outputs[out], x)

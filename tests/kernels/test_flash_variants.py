@@ -175,10 +175,12 @@ def test_fa1_gqa_steps_run_the_group_inside_the_key_loop():
     np.testing.assert_array_equal(st.o, full)
 
 
-def test_varlen_is_refused_by_the_kernels_with_a_clear_error():
+def test_varlen_is_refused_by_kernels_that_do_not_walk_the_tile_layout():
+    from refattn.kernels.variant_args import prepare_variants
+
     q = np.zeros((6, 4))
     with pytest.raises(ValueError, match="variable-length"):
-        flash_forward(q, q, q, sram=500, cu_seqlens_q=np.array([0, 6]), cu_seqlens_k=np.array([0, 6]))
+        prepare_variants(q, q, q, cu_seqlens_q=np.array([0, 6]), cu_seqlens_k=np.array([0, 6]), where="sparse")
 
 
 def test_bad_variants_are_refused_before_any_work():

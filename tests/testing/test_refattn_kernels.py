@@ -8,17 +8,22 @@ from refattn.testing import Capabilities, check_attention
 SRAM = 4096  # elements: room for several tiles at the kit's small sizes
 EXAMPLES = 25
 CAP = Capabilities(dtypes=("float32",), max_n=20, max_d=8)
+#: The flash kernels take every variant of docs/variants.md, packed batches (cu_seqlens) included.
+FLASH_VARIANTS = ("gqa", "window", "softcap", "alibi", "varlen")
 
 
 @pytest.mark.parametrize("variant", ["fa2", "fa1"])
 def test_flash_forward_conforms(variant):
     from refattn.kernels import flash
 
-    def fn(q, k, v, *, causal, scale, mask):
-        r = flash.flash_forward(q, k, v, sram=SRAM, variant=variant, causal=causal, scale=scale, mask=mask)
+    def fn(q, k, v, *, causal, scale, mask, **variants):
+        r = flash.flash_forward(q, k, v, sram=SRAM, variant=variant, causal=causal, scale=scale, mask=mask,
+                                **variants)
         return r.o, r.lse
 
-    assert check_attention(fn, capabilities=CAP, max_examples=EXAMPLES, name=f"flash_forward[{variant}]").passed
+    cap = Capabilities(dtypes=("float32",), max_n=20, max_d=8, variants=FLASH_VARIANTS)
+    report = check_attention(fn, capabilities=cap, max_examples=EXAMPLES, name=f"flash_forward[{variant}]")
+    assert report.passed and report.semantics.variants["cu_seqlens_q"] > 0
 
 
 def test_flash_forward_with_tiny_blocks_conforms():
@@ -66,18 +71,19 @@ def test_flash_backward_gradients_conform():
     from refattn.kernels import flash
     from refattn.kernels import flash_backward as fb
 
-    def forward(q, k, v, *, causal, scale, mask):
-        r = flash.flash_forward(q, k, v, sram=SRAM, variant="fa2", causal=causal, scale=scale, mask=mask)
+    def forward(q, k, v, *, causal, scale, mask, **variants):
+        r = flash.flash_forward(q, k, v, sram=SRAM, variant="fa2", causal=causal, scale=scale, mask=mask,
+                                **variants)
         return r.o, r.lse
 
-    def backward(q, k, v, do, *, causal, scale, mask):
-        o, lse = forward(q, k, v, causal=causal, scale=scale, mask=mask)
-        r = fb.flash_backward(q, k, v, o, lse, do, sram=SRAM, causal=causal, scale=scale, mask=mask)
+    def backward(q, k, v, do, *, causal, scale, mask, **variants):
+        o, lse = forward(q, k, v, causal=causal, scale=scale, mask=mask, **variants)
+        r = fb.flash_backward(q, k, v, o, lse, do, sram=SRAM, causal=causal, scale=scale, mask=mask, **variants)
         return r.dq, r.dk, r.dv
 
-    cap = Capabilities(dtypes=("float32",), max_n=16, max_d=6, backward=True)
-    assert check_attention(forward, backward=backward, capabilities=cap, max_examples=15,
-                           name="flash_backward").passed
+    cap = Capabilities(dtypes=("float32",), max_n=16, max_d=6, backward=True, variants=FLASH_VARIANTS)
+    report = check_attention(forward, backward=backward, capabilities=cap, max_examples=15, name="flash_backward")
+    assert report.passed and report.semantics.variants["cu_seqlens_q"] > 0
 
 
 def test_standard_backward_gradients_conform():

@@ -56,6 +56,52 @@ def numpy_variants(q, k, v, *, causal=False, scale=None, mask=None, num_kv_heads
     return (p @ v.astype(np.float64)).astype(dt)
 
 
+VARLEN_CAP = Capabilities(dtypes=("float64", "float32"), max_n=48, max_d=16, variants=VARIANTS + ("varlen",),
+                          backward=False)
+
+
+def numpy_varlen(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, mask=None, bug=None, **kw):
+    """A packed-batch kernel as one writes it: each sequence sliced out and run on its own by
+    :func:`numpy_variants` into an output buffer; ``bug`` plants one varlen mistake."""
+    if cu_seqlens_q is None:
+        return numpy_variants(q, k, v, mask=mask, **kw)
+    o = np.full(q.shape[:-1] + (v.shape[-1],), 7.0 if bug == "varlen_padding_untouched" else 0.0, q.dtype)
+    for b in range(len(cu_seqlens_q) - 1):
+        (q0, q1), (k0, k1) = cu_seqlens_q[b:b + 2], cu_seqlens_k[b:b + 2]
+        if q1 == q0 or k1 == k0:
+            o[..., q0:q1, :] = 0  # nothing to attend
+            continue
+        if bug == "varlen_prev_key" and k0 > 0:
+            k0 -= 1  # the slice starts one key early: the previous sequence's last key is seen
+        seq_kw = dict(kw, causal="top_left") if bug == "varlen_top_left" and kw.get("causal") else kw
+        part = None if mask is None else np.asarray(mask)[..., q0:q1, k0:k1]
+        o[..., q0:q1, :] = numpy_variants(q[..., q0:q1, :], k[..., k0:k1, :], v[..., k0:k1, :], mask=part, **seq_kw)
+    return o
+
+
+def test_a_correct_packed_batch_kernel_with_every_variant_passes():
+    report = check_attention(numpy_varlen, capabilities=VARLEN_CAP, max_examples=60, seed=1)
+    assert report.failure is None
+    assert report.semantics.variants["cu_seqlens_q"] > 0 and "cu_seqlens_q" in str(report)
+
+
+@pytest.mark.parametrize("bug,convention", [
+    ("varlen_prev_key", None),  # a query sees the previous sequence's last key: a bug
+    ("varlen_top_left", "varlen causal alignment"),
+    ("varlen_padding_untouched", "varlen padding rows"),
+])
+def test_planted_varlen_bugs_are_caught_and_named_only_when_they_follow_a_convention(bug, convention):
+    def kernel(q, k, v, **kw):
+        return numpy_varlen(q, k, v, bug=bug, **kw)
+
+    report = check_attention(kernel, capabilities=VARLEN_CAP, max_examples=100, seed=6, raise_on_failure=False)
+    assert report.failure is not None, f"{bug} was not caught"
+    assert report.failure.convention == convention, (bug, report.failure.convention, str(report))
+    assert "cu_seqlens_q" in report.failure.problem.variants
+    if convention is None:
+        assert not report.failure.message.startswith("convention difference")
+
+
 def test_a_correct_kernel_with_every_variant_passes():
     report = check_attention(numpy_variants, capabilities=CAP, max_examples=60, seed=1)
     assert report.failure is None
@@ -112,3 +158,29 @@ def test_torch_flex_attention_passes_with_every_variant():
     report = check_attention(torch_flex, capabilities=TORCH_FLEX_CAPABILITIES, max_examples=20, seed=5)
     assert report.failure is None
     assert set(report.semantics.variants) == {"num_kv_heads", "window", "softcap", "alibi_slopes"}
+
+
+def test_varlen_draws_cover_empty_and_one_token_sequences_and_padding():
+    from hypothesis import given, settings
+
+    from refattn.testing.strategies import problems
+
+    seen = set()
+
+    @settings(max_examples=150, database=None)
+    @given(problems(Capabilities(dtypes=("float64",), max_n=40, variants=("varlen",))))
+    def draw(p):
+        if "cu_seqlens_q" not in p.variants:
+            return
+        cu_q, cu_k = p.variants["cu_seqlens_q"], p.variants["cu_seqlens_k"]
+        assert cu_q.dtype == cu_k.dtype == np.int32 and cu_q.size == cu_k.size
+        for cu, n in ((cu_q, p.nq), (cu_k, p.nk)):
+            assert cu[0] == 0 and np.all(np.diff(cu) >= 0) and cu[-1] <= n
+        lengths = np.concatenate([np.diff(cu_q), np.diff(cu_k)])
+        seen.update({"empty"} if (lengths == 0).any() else set())
+        seen.update({"one token"} if (lengths == 1).any() else set())
+        seen.update({"padding"} if cu_q[-1] < p.nq else set())
+        assert not p.keep()[..., p.padding_rows(), :].any()  # padding rows see nothing
+
+    draw()
+    assert seen == {"empty", "one token", "padding"}
