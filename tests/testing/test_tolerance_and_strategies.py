@@ -118,3 +118,13 @@ def test_strategies_reach_the_awkward_cases():
 
     draw()
     assert seen == set(AWKWARD), f"never drawn: {sorted(set(AWKWARD) - seen)}"
+
+
+def test_an_unbounded_window_alone_hides_no_row():
+    """window=(-1, -1) with no causal mask and no mask: the keep-mask is None; the draw crashed on it (~None)
+    when the kernel declared fully_masked_rows="unsupported" (shrinking heads towards -1, so it was common)."""
+    from refattn.testing.strategies import leaves_a_row_empty
+
+    assert leaves_a_row_empty(8, 8, None, None, {"window": (-1, -1)}) is False
+    assert leaves_a_row_empty(4, 2, None, None, {"window": (0, 0)}) is True  # rows 0, 1 sit left of key 0
+    assert leaves_a_row_empty(4, 4, "bottom_right", None, {"window": (0, -1)}) is False
