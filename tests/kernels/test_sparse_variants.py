@@ -15,21 +15,10 @@ from refattn.index_set import IndexSet
 from refattn.kernels.flash import flash_forward
 from refattn.kernels.sparse import footprint, sparse_forward
 from refattn.reference import attention, combined_mask
+from tests.kernels.index_sets import random_set
 
 TOL = {np.float64: 1e-11, np.float32: 3e-5}
 M = 100_000
-
-
-def random_set(rng, nq, nk, block, p_empty=0.2):
-    nqb, nkb = -(-nq // block), -(-nk // block)
-    blocks, cols = [], []
-    for _ in range(nqb):
-        if rng.random() < p_empty:
-            blocks.append([]), cols.append([])
-            continue
-        blocks.append(rng.choice(nkb, rng.integers(0, nkb + 1), replace=False))
-        cols.append(rng.choice(nk, rng.integers(0, min(nk, 2 * block) + 1), replace=False))
-    return IndexSet.from_lists(nq, nk, blocks, cols, block=block)
 
 
 @st.composite
