@@ -12,6 +12,11 @@ the script
 3. times it with ``triton.testing.do_bench`` (median) at N = 8192, B = 2, H = 2048 / d (the bench's shape),
    beside torch SDPA's cuDNN and flash backends measured in the same run.
 
+``--persistent`` times the forward only: the shipped path (``TMA``, one program per tile) against the persistent
+grid (``PERSISTENT``: 1 program per SM; at d = 64 also 2, as two 128 x 64 programs fit an SM) with each forward
+config, every candidate twice (``(again)``, interleaved) to show the spread, and prints a table of the change.
+h200_dense_persistent.log is that run.
+
 ``--old FILE`` adds the kernels of another flash.py (e.g. the previous commit's) as the ``old`` candidate,
 with the configs the old autotuner picked, so before/after come from one run; ``old`` and ``ptr`` are timed
 again at the end of each case (``(again)``) to show the run-to-run spread. The table printed last holds the
@@ -49,7 +54,7 @@ DEV = "cpu" if SMOKE else "cuda"
 DT = torch.float16 if SMOKE else torch.bfloat16
 N, N_CHECK = (128, 64) if SMOKE else (8192, 1024)
 CASES = [(128, False), (128, True), (64, False), (64, True)]
-SWITCHES = ("TMA", "TMA_BWD", "FUSED_BWD")
+SWITCHES = ("TMA", "TMA_BWD", "FUSED_BWD", "PERSISTENT")
 DEFAULTS = {name: getattr(fl, name) for name in SWITCHES}
 SHIPPED = {name: kern.configs for name, kern in
            (("fwd", fl._fwd_kernel), ("dkdv", fl._bwd_dkdv_kernel), ("dq", fl._bwd_dq_kernel))}
@@ -85,6 +90,41 @@ def candidates(d, causal):
     out += [("old (again)", "fwd", {}, fwd), ("ptr (again)", "fwd", {"TMA": False}, fwd),
             ("old (again)", "bwd", {}, base), ("ptr (again)", "bwd", {}, base)]
     return out
+
+
+def persistent_candidates(d, causal):
+    """--persistent: forward candidates, the shipped path beside the persistent grid, then all again."""
+    out = []
+    for c in FWD_CFGS[d]:
+        out += [(f"tma {c}", "fwd", {"TMA": True}, {"fwd": c}),
+                (f"persistent {c}", "fwd", {"TMA": True, "PERSISTENT": 1}, {"fwd": c})]
+        if d == 64:
+            out += [(f"persistent x2 {c}", "fwd", {"TMA": True, "PERSISTENT": 2}, {"fwd": c})]
+    return out + [(f"{name} (again)", *rest) for name, *rest in out]
+
+
+def persistent_table(rows):
+    """Mean of the two repeats per candidate, and the change of the persistent grid against the shipped path."""
+    ms = {}
+    for d, causal, _pas, name, t, *_ in rows:
+        ms.setdefault((d, causal, name.replace(" (again)", "")), []).append(t)
+    print("\npersistent forward vs the shipped path (same config; ms of the two repeats; spread = the largest "
+          "difference between a candidate's two repeats):")
+    print(f"{'d':>4} {'causal':>6} {'config':<18} {'shipped ms':>15} {'persistent':<8} {'ms':>15} {'change':>7} "
+          f"{'spread':>6}")
+    for (d, causal, name), times in ms.items():
+        if not name.startswith("persistent"):
+            continue
+        cfg = name[name.index("("):]
+        base = ms.get((d, causal, f"tma {cfg}"))
+        if not base:
+            continue
+        spread = max((max(t) - min(t)) / min(t) for t in (times, base))
+        change = (sum(times) / len(times)) / (sum(base) / len(base)) - 1
+        per_sm = name.split(" (")[0].replace("persistent", "").strip() or "x1"
+        print(f"{d:4d} {causal!s:>6} {cfg:<18} {'/'.join(f'{t:.3f}' for t in base):>15} "
+              f"{per_sm:<8} {'/'.join(f'{t:.3f}' for t in times):>15} "
+              f"{change:+7.1%} {spread:6.1%}")
 
 
 def load_old(path):
@@ -174,9 +214,11 @@ def main():
     p.add_argument("--old", default=None, help="another flash.py to time as the 'old' candidate")
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--cases", default="all", help="e.g. 128n,128c,64n,64c")
+    p.add_argument("--persistent", action="store_true", help="forward only: the persistent grid vs the shipped path")
     args = p.parse_args()
+    pick = persistent_candidates if args.persistent else candidates
     cases = CASES if args.cases == "all" else [(int(c[:-1]), c[-1] == "c") for c in args.cases.split(",")]
-    jobs = [(args.old, d, causal, c) for d, causal in cases for c in candidates(d, causal)
+    jobs = [(args.old, d, causal, c) for d, causal in cases for c in pick(d, causal)
             if (args.old or not c[0].startswith("old")) and "again" not in c[0]]
     t0 = time.time()
     import multiprocessing as mp
@@ -200,11 +242,14 @@ def main():
         for be, tag in ((SDPBackend.CUDNN_ATTENTION, "cudnn"), (SDPBackend.FLASH_ATTENTION, "flash")):
             with sdpa_kernel(SDPBackend.MATH if SMOKE else be):
                 sdpa[(tag, "fwd")] = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+                sdpa[(tag, "bwd")] = math.nan
+                if args.persistent:  # forward only
+                    continue
                 qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
                 og = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
                 sdpa[(tag, "bwd")] = bench(lambda: torch.autograd.grad(og, (qg, kg, vg), do, retain_graph=True))
         best_dkdv = (math.inf, OLD_DKDV[(d, causal)])
-        for name, pas, switches, cfgs in candidates(d, causal):
+        for name, pas, switches, cfgs in pick(d, causal):
             if name.startswith("old") and old is None:
                 continue
             if (d, causal, name.replace(" (again)", ""), pas) in failed:
@@ -241,7 +286,7 @@ def main():
                   f"{' '.join(f'{e:.1e}' for e in errs)}{ok}", flush=True)
             if max(errs) < 2e-2 and not name.startswith("old") and ms < best.get((d, causal, pas), (math.inf,))[0]:
                 best[(d, causal, pas)] = (ms, shown, row)
-        for pas in ("fwd", "bwd"):
+        for pas in ("fwd",) if args.persistent else ("fwd", "bwd"):
             print(f"{d:4d} {causal!s:>6} {pas:>4} {'sdpa cudnn / flash':<34} {sdpa[('cudnn', pas)]:7.3f} "
                   f"{sdpa[('flash', pas)]:7.3f}", flush=True)
         if not SMOKE:
@@ -253,6 +298,8 @@ def main():
     for (d, causal, pas), (ms, shown, row) in best.items():
         o = olds.get((d, causal, pas))
         print(f"{d:4d} {causal!s:>6} {pas:>4} {ms:7.3f} {row[6]:7.3f} {o[6] if o else float('nan'):11.3f}  {shown}")
+    if args.persistent:
+        persistent_table(rows)
     print(f"total {time.time() - t0:.0f} s; torch {torch.__version__}, triton {triton.__version__}, "
           f"{'cpu' if SMOKE else torch.cuda.get_device_name()}, TMA default {os.environ.get('GPU_OPTIONAL_TMA', '1')}")
     return 0

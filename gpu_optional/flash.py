@@ -15,7 +15,8 @@ per (query block of BLOCK_M rows, batch*head z)::
 Hopper (sm_90) specifics, each measured in benchmarks/h200_dense_ab.log (numbers at the switches below):
 Q, K and V tiles arrive by TMA bulk copies through host tensor descriptors (``TMA``), and the scale is folded into
 exp2's argument (one FMA per logit). Tried and dropped: warp specialisation and causal heaviest-first tile
-order (both slower), TMA in the backward and a fused atomic-dQ backward (not faster; switches kept, tested).
+order (both slower), TMA in the backward, a fused atomic-dQ backward and a persistent forward grid (not faster
+in every case; switches kept, tested).
 
 Key blocks split in two loops: the blocks every row of the query block sees
 in full (no mask at all) and the rest (boundary of Nk, causal diagonal),
@@ -44,6 +45,7 @@ import triton
 import triton.language as tl
 
 from gpu_optional._common import (
+    INTERPRET,
     LOG2E,
     TMA_DEFAULT,
     block_dim,
@@ -74,6 +76,13 @@ TMA_BWD = False
 #: second kernel over query blocks (deterministic; recomputes S and dP): 9-34 % slower (d = 128: 9.5 vs
 #: 7.1 ms), as the (BLOCK_M, d) float32 atomics of every step cost more than the two matmuls they save; off.
 FUSED_BWD = False
+#: forward on a persistent grid: PERSISTENT programs per SM, each looping over (query block, head) work units
+#: with a static stride; causal units pair a heavy query block with a light one (see ``_fwd_kernel``). 0: one
+#: program per query block and head, scheduled by the hardware. Measured with the shipped configs, two repeats
+#: each (h200_dense_persistent.log): d = 128 -2.8 % time (1.96 vs 2.02 ms; repeat spread 2.1 %), causal -3.1 %
+#: (spread 6.6 %); d = 64 +39 % with 1 program per SM (the hardware grid runs several ~66 KB programs per SM),
+#: +6 % with 2, causal +32 % / +3 %. It loses at d = 64 and wins at d = 128 by about the spread: off.
+PERSISTENT = 0
 
 
 # ---------------------------------------------------------------- tile helpers
@@ -158,26 +167,15 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, kv_row0, stride_kn, stride_vn, offs_m, of
     return acc, l_i, m_i
 
 
-@triton.autotune(
-    # H200 picks (benchmarks/h200_dense_ab.log): (128, 128, 8, 3) at d = 128, (128, 64, 8, 3 or 4) at d = 64.
-    # Deeper pipelines do not pay: 4 stages of 128 x 128 K, V tiles need 296 KB of shared memory at d = 128
-    # (227 KB exist); (128, 64, 8, 4) ran 3 % slower than 3 stages at d = 128, -1 to +3 % at d = 64.
-    configs=configs([(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4)],
-                    (128, 64, 8, 3), (32, 16, 4, 1),
-                    pre_hook=descriptor_hook({"Q": ("BLOCK_M", "BLOCK_D"), "K": ("BLOCK_N", "BLOCK_D"),
-                                              "V": ("BLOCK_N", "BLOCK_DV")})),
-    key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC", "TMA"],  # tuned once per head dim (the bench: at N = 8192)
-    prune_configs_by={"early_config_prune": prune_for_head_dim},
-)
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE,
-                stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn, stride_oz, stride_on,
-                N_Q, N_K, OFFSET, qk_scale,
-                D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                CAUSAL: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    z = tl.program_id(1).to(tl.int64)
+def _fwd_tile(Q, K, V, O, LSE, pid_m, z,
+              stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn, stride_oz, stride_on,
+              N_Q, N_K, OFFSET, qk_scale,
+              D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              CAUSAL: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query block ``pid_m`` of head ``z``: O_i and LSE_i (the algorithm of the module docstring)."""
+    z = z.to(tl.int64)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -217,6 +215,54 @@ def _fwd_kernel(Q, K, V, O, LSE,
     o_ptrs = O + offs_m[:, None] * stride_on + offs_dv[None, :]
     tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_dv[None, :] < DV))
     tl.store(LSE + z * N_Q + offs_m, lse, mask=offs_m < N_Q)
+
+
+@triton.autotune(
+    # H200 picks (benchmarks/h200_dense_ab.log): (128, 128, 8, 3) at d = 128, (128, 64, 8, 3 or 4) at d = 64.
+    # Deeper pipelines do not pay: 4 stages of 128 x 128 K, V tiles need 296 KB of shared memory at d = 128
+    # (227 KB exist); (128, 64, 8, 4) ran 3 % slower than 3 stages at d = 128, -1 to +3 % at d = 64.
+    configs=configs([(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4)],
+                    (128, 64, 8, 3), (32, 16, 4, 1),
+                    pre_hook=descriptor_hook({"Q": ("BLOCK_M", "BLOCK_D"), "K": ("BLOCK_N", "BLOCK_D"),
+                                              "V": ("BLOCK_N", "BLOCK_DV")})),
+    key=["BLOCK_D", "BLOCK_DV", "CAUSAL", "PREC", "TMA", "PERSISTENT"],  # once per head dim (the bench: N = 8192)
+    prune_configs_by={"early_config_prune": prune_for_head_dim},
+)
+@triton.jit(do_not_specialize=["Z"])  # one binary whatever the head count (1, or a multiple of 16: no recompile)
+def _fwd_kernel(Q, K, V, O, LSE,
+                stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn, stride_oz, stride_on,
+                N_Q, N_K, OFFSET, qk_scale, Z,
+                D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                CAUSAL: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Grid (query blocks, Z): one tile per program. PERSISTENT: a 1-D grid of a few programs per SM, program p
+    taking work units p, p + P, p + 2P, ... (P programs; a static stride, no atomics), heads in order so that
+    the programs running together share K and V in L2. A unit is one query block, or causal, the pair of
+    query blocks (i, n_m - 1 - i) of a head: the pair sees about n_m + 1 key blocks whatever i, so every
+    unit costs the same and the programs finish together (the middle block of an odd n_m is a unit alone)."""
+    if PERSISTENT:
+        n_m = tl.cdiv(N_Q, BLOCK_M)
+        if CAUSAL:
+            per_z = (n_m + 1) // 2                                              # units per head
+        else:
+            per_z = n_m
+        for unit in range(tl.program_id(0), per_z * Z, tl.num_programs(0)):
+            z = unit // per_z
+            i = unit % per_z
+            if CAUSAL:
+                # the query blocks i and n_m - 1 - i, or i alone when they coincide
+                for pid_m in range(i, n_m - i, tl.maximum(n_m - 1 - 2 * i, 1)):
+                    _fwd_tile(Q, K, V, O, LSE, pid_m, z, stride_qz, stride_qn, stride_kz, stride_kn, stride_vz,
+                              stride_vn, stride_oz, stride_on, N_Q, N_K, OFFSET, qk_scale, D, DV, BLOCK_D,
+                              BLOCK_DV, CAUSAL, PREC, TMA, BLOCK_M, BLOCK_N)
+            else:
+                _fwd_tile(Q, K, V, O, LSE, i, z, stride_qz, stride_qn, stride_kz, stride_kn, stride_vz, stride_vn,
+                          stride_oz, stride_on, N_Q, N_K, OFFSET, qk_scale, D, DV, BLOCK_D, BLOCK_DV, CAUSAL,
+                          PREC, TMA, BLOCK_M, BLOCK_N)
+    else:
+        _fwd_tile(Q, K, V, O, LSE, tl.program_id(0), tl.program_id(1), stride_qz, stride_qn, stride_kz, stride_kn,
+                  stride_vz, stride_vn, stride_oz, stride_on, N_Q, N_K, OFFSET, qk_scale, D, DV, BLOCK_D,
+                  BLOCK_DV, CAUSAL, PREC, TMA, BLOCK_M, BLOCK_N)
 
 
 # ---------------------------------------------------------------- backward
@@ -434,6 +480,25 @@ def _operands(tma, block_dims, *tensors):
     return tuple(descriptor(x, 16, bd) for x, bd in zip(tensors, block_dims))
 
 
+def sm_count(device) -> int:
+    """Streaming multiprocessors of ``device`` (132 on the H200); 2 under the interpreter, so that the tests'
+    persistent programs each loop over several work units."""
+    return 2 if INTERPRET else torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _fwd_grid(nq, z, causal, device):
+    """The forward's launch grid for a config: (query blocks, z), or PERSISTENT > 0: PERSISTENT programs per SM,
+    no more than there are work units (query blocks, causal: pairs of them, per head)."""
+    if not PERSISTENT:
+        return lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), z)
+    programs = PERSISTENT * sm_count(device)
+
+    def grid(meta):
+        n_m = triton.cdiv(nq, meta["BLOCK_M"])
+        return (min(programs, z * ((n_m + 1) // 2 if causal else n_m)),)
+    return grid
+
+
 def flash_forward(q, k, v, *, causal=False, scale=None, check_finite=True):
     """Forward only. Returns ``(o, lse)``: o like q but with dv, lse float32 (..., Nq), natural log."""
     mode, offset, scale, lead = check_qkv(q, k, v, causal, scale, "gpu_optional.flash_forward",
@@ -446,12 +511,11 @@ def flash_forward(q, k, v, *, causal=False, scale=None, check_finite=True):
     bd, bdv = block_dim(d), block_dim(dv)
     tma = TMA and tma_ok(q3, k3, v3)
     qa, ka, va = _operands(tma, (bd, bd, bdv), q3, k3, v3)
-    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_M"]), z)
-    _fwd_kernel[grid](qa, ka, va, o, lse,
-                      q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
-                      o.stride(0), o.stride(1), nq, nk, offset, scale * LOG2E,
-                      D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv,
-                      CAUSAL=mode is not None, PREC=precision(q.dtype), TMA=tma)
+    _fwd_kernel[_fwd_grid(nq, z, mode is not None, q.device)](
+        qa, ka, va, o, lse, q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
+        o.stride(0), o.stride(1), nq, nk, offset, scale * LOG2E, z,
+        D=d, DV=dv, BLOCK_D=bd, BLOCK_DV=bdv, CAUSAL=mode is not None, PREC=precision(q.dtype), TMA=tma,
+        PERSISTENT=PERSISTENT > 0)
     return o.reshape(*lead, nq, dv), lse.reshape(*lead, nq)
 
 

@@ -104,13 +104,24 @@ def test_flash_bf16_on_gpu_at_size(causal):
     _run((1, 2), 1000, 1000, 128, 128, causal, torch.bfloat16, seed=4)
 
 
+def _spy_grid(monkeypatch, fl):
+    """Record the forward's launch grids, each with its config's BLOCK_M."""
+    grids, make_grid = [], fl._fwd_grid
+
+    def spy(*args):
+        grid = make_grid(*args)
+        return lambda meta: grids.append((grid(meta), meta["BLOCK_M"])) or grids[-1][0]
+    monkeypatch.setattr(fl, "_fwd_grid", spy)
+    return grids
+
+
 # flash.py's switches against the plain path (pointer loads, two backward kernels): tensor-descriptor (TMA)
-# loads in the forward and in the backward, the fused backward with atomic dQ
-PATHS = [(True, False, False), (False, True, False), (False, False, True), (True, True, True)]
+# loads in the forward and in the backward, the fused backward with atomic dQ, the persistent forward
+PATHS = [(True, False, False, 0), (False, True, False, 0), (False, False, True, 0), (True, True, True, 1)]
 
 
-@pytest.mark.parametrize("tma,tma_bwd,fused", PATHS)
-def test_flash_paths_agree(monkeypatch, tma, tma_bwd, fused):
+@pytest.mark.parametrize("tma,tma_bwd,fused,persistent", PATHS)
+def test_flash_paths_agree(monkeypatch, tma, tma_bwd, fused, persistent):
     skip_without_device()
     import gpu_optional.flash as fl
 
@@ -118,17 +129,20 @@ def test_flash_paths_agree(monkeypatch, tma, tma_bwd, fused):
     # Nq, Nk cross the tiles (interpreter: 32 x 16; GPU: the default configs) and leave tails; d = 24 float32
     # rows are 96 bytes: TMA allowed. Causal bottom-right with Nq > Nk: fully masked rows too.
     q, k, v, do = (randn((2, n, 24), torch.float32, gen) for n in (150, 97, 97, 150))
-    outs, make_descriptor = {}, fl.descriptor
-    for key in ((False, False, False), (tma, tma_bwd, fused)):
+    outs, make_descriptor, grids = {}, fl.descriptor, _spy_grid(monkeypatch, fl)
+    for key in ((False, False, False, 0), (tma, tma_bwd, fused, persistent)):
         monkeypatch.setattr(fl, "TMA", key[0])
         monkeypatch.setattr(fl, "TMA_BWD", key[1])
         monkeypatch.setattr(fl, "FUSED_BWD", key[2])
+        monkeypatch.setattr(fl, "PERSISTENT", key[3])
         made = []
         monkeypatch.setattr(fl, "descriptor", lambda *a, made=made: made.append(1) or make_descriptor(*a))
+        grids.clear()
         o, lse = fl.flash_forward(q, k, v, causal=True)
         outs[key] = (o, lse) + fl.flash_backward(q, k, v, o, lse, do, causal=True)
         assert bool(made) == (key[0] or key[1])  # the TMA path really ran (or really did not)
-    base, got = outs[(False, False, False)], outs[(tma, tma_bwd, fused)]
+        assert grids and all(len(g) == (1 if key[3] else 2) for g, _ in grids)  # so did the persistent one
+    base, got = outs[(False, False, False, 0)], outs[(tma, tma_bwd, fused, persistent)]
     rdq, _, _ = attention_backward(np64(q), np64(k), np64(v), np64(do), causal=True)
     exact = ["o", "lse", "dk", "dv"] + ([] if fused else ["dq"])  # atomics add dQ in any order
     for i, name in enumerate(["o", "lse", "dq", "dk", "dv"]):
@@ -139,6 +153,41 @@ def test_flash_paths_agree(monkeypatch, tma, tma_bwd, fused):
         else:
             assert rel_err(got[i], np64(base[i])) <= RTOL[torch.float32], name
     assert rel_err(got[2], rdq) <= 4 * RTOL[torch.float32]
+
+
+@pytest.mark.parametrize("tma", [False, True])
+@pytest.mark.parametrize("nq,nk", [(150, 97), (128, 160)])
+@pytest.mark.parametrize("causal", [False, True, "top_left"])
+def test_flash_persistent_forward_agrees(monkeypatch, causal, nq, nk, tma):
+    # the persistent grid (a few programs, each looping over work units; causal: pairs of query blocks)
+    # against one program per tile: the same tiles, so bitwise equal under the interpreter. Interpreter tiles
+    # are 32 rows: 150 rows give an odd number of query blocks (a middle block alone), 128 an even one.
+    skip_without_device()
+    import gpu_optional.flash as fl
+
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (randn((3, n, 24), torch.float32, gen) for n in (nq, nk, nk))
+    monkeypatch.setattr(fl, "TMA", tma)
+    outs, grids = {}, _spy_grid(monkeypatch, fl)
+    for persistent in (0, 1):
+        monkeypatch.setattr(fl, "PERSISTENT", persistent)
+        grids.clear()
+        outs[persistent] = fl.flash_forward(q, k, v, causal=causal)
+        assert grids
+        for grid, block_m in grids:
+            n_m = -(-nq // block_m)
+            units = 3 * ((n_m + 1) // 2 if causal else n_m)
+            if persistent:  # a 1-D grid, fewer programs than units under the interpreter (2): programs loop
+                assert len(grid) == 1 and grid[0] == min(fl.sm_count(q.device), units), grid
+                assert grid[0] < units or not INTERPRET
+            else:
+                assert grid == (n_m, 3)
+    (o0, lse0), (o1, lse1) = outs[0], outs[1]
+    if INTERPRET:
+        assert torch.equal(o1, o0) and torch.equal(lse1, lse0)
+    ro, rlse = attention(np64(q), np64(k), np64(v), causal=causal)
+    assert rel_err(o1, ro) <= RTOL[torch.float32]
+    check_lse(lse1, rlse, atol=1e-4)
 
 
 @pytest.mark.parametrize("tma", [False, True])
