@@ -44,7 +44,7 @@ variants into what the jitted loops take:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -154,6 +154,22 @@ def band(nq, nk, causal, window):
     return 1, off, lo
 
 
+def _prepare_grouped(q, k, v, mask, hkv, group, *, scale, causal, where) -> Prepared:
+    """:func:`prepare` of a count-only GQA call without expanding K and V to every query head: q is viewed as
+    (..., Hkv, G, Nq, d) and k, v as (..., Hkv, 1, Nk, .), which broadcast exactly like the expanded arrays
+    (query head h = kv * G + g), so every input is checked in full; only the sizes are kept."""
+    q, k, v = (np.asarray(x) for x in (q, k, v))
+    q5 = q.reshape(q.shape[:-3] + (hkv, group) + q.shape[-2:])
+    k5, v5 = np.expand_dims(k, -3), np.expand_dims(v, -3)
+    m5 = mask
+    if mask is not None and np.ndim(mask) >= 3:
+        m = np.asarray(mask)
+        m5 = (m.reshape(m.shape[:-3] + (hkv, group) + m.shape[-2:]) if m.shape[-3] == hkv * group
+              else np.expand_dims(m, -3))
+    p = prepare(q5, k5, v5, scale=scale, causal=causal, mask=m5, where=where, count_only=True)
+    return replace(p, lead=p.lead[:-2] + (hkv * group,))
+
+
 def prepare_variants(q, k, v, *, scale=None, causal=False, mask=None, num_kv_heads=None, window=None,
                      softcap=None, alibi_slopes=None, cu_seqlens_q=None, cu_seqlens_k=None,
                      where="kernel", count_only=False, allow_varlen=False) -> tuple[Prepared, KernelVariants]:
@@ -173,8 +189,11 @@ def prepare_variants(q, k, v, *, scale=None, causal=False, mask=None, num_kv_hea
     if var.num_kv_heads is not None:
         hq = np.shape(q)[-3]
         group = hq // var.num_kv_heads
-        p = prepare(q, expand_kv(np.asarray(k), hq), expand_kv(np.asarray(v), hq), scale=scale, causal=causal,
-                    mask=mask, where=where, count_only=count_only)
+        if count_only:  # the same checks on views grouped (..., Hkv, G, N, .): no expanded copy of K and V
+            p = _prepare_grouped(q, k, v, mask, var.num_kv_heads, group, scale=scale, causal=causal, where=where)
+        else:
+            p = prepare(q, expand_kv(np.asarray(k), hq), expand_kv(np.asarray(v), hq), scale=scale,
+                        causal=causal, mask=mask, where=where)
         kv_lead = p.lead[:-1] + (var.num_kv_heads,)
 
         def flat(x, like):

@@ -123,3 +123,29 @@ def test_count_only_never_allocates_an_n_by_d_output():
         tracemalloc.stop()
         assert result.outputs == {}
         assert peak < nd_bytes / 2, (name, peak)
+
+
+def test_count_only_gqa_checks_every_head_without_expanding_k_and_v():
+    """A count-only GQA run expanded K and V to every query head (G copies) only to check them."""
+    hq, hkv, n, d = 8, 2, 4096, 64
+    rng = np.random.default_rng()
+    q = rng.standard_normal((hq, n, d)).astype(np.float32)
+    k, v = rng.standard_normal((2, hkv, n, d)).astype(np.float32)
+    mask = rng.random((hq, n, 64)) < 0.5  # per query head: grouped like q
+    for variant in ("fa2", "fa1"):
+        full = flash_forward(q[:, :256], k[:, :256], v[:, :256], sram=8000, variant=variant, causal=True,
+                             num_kv_heads=hkv, window=(40, 0))
+        counted = flash_forward(q[:, :256], k[:, :256], v[:, :256], sram=8000, variant=variant, causal=True,
+                                num_kv_heads=hkv, window=(40, 0), count_only=True)
+        _same_counts(full, counted)
+    masked = dict(q=q[:, :64], k=k[:, :64], v=v[:, :64], mask=mask[:, :64], num_kv_heads=hkv, sram=8000)
+    _same_counts(flash_forward(**masked), flash_forward(**masked, count_only=True))
+    flash_forward(q, k, v, sram="a100", num_kv_heads=hkv, count_only=True)  # compiled
+    tracemalloc.start()
+    flash_forward(q, k, v, sram="a100", num_kv_heads=hkv, count_only=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < q.nbytes / 2, peak  # K expanded to every query head alone is q.nbytes (V as much again)
+    k[1, 3000, 5] = np.nan  # a KV head that only the second group reads: still checked
+    with pytest.raises(ValueError, match="NaN|finite"):
+        flash_forward(q, k, v, sram="a100", num_kv_heads=hkv, count_only=True)
