@@ -9,7 +9,7 @@ from refattn import reference
 from refattn.index_set import IndexSet
 from refattn.kernels.sparse import footprint, sparse_forward
 from refattn.memory import SramTooSmall
-from tests.kernels.index_sets import random_set
+from tests.kernels.sparse_helpers import assert_matches_reference, random_set
 
 TOL = {np.float64: 1e-10, np.float32: 3e-5}
 M = 100_000
@@ -17,13 +17,7 @@ M = 100_000
 
 def check_against_reference(q, k, v, iset, causal, res, dtype):
     o, lse = reference.attention(q, k, v, causal=causal, mask=iset.to_mask(causal=causal))
-    tol = TOL[dtype]
-    assert res.o.dtype == dtype and res.lse.dtype == dtype
-    np.testing.assert_allclose(res.o, o, rtol=tol, atol=tol)
-    empty = np.isneginf(lse)
-    assert np.array_equal(np.isneginf(res.lse), empty)
-    assert np.all(res.o[empty] == 0) and not np.any(np.isnan(res.o))
-    np.testing.assert_allclose(res.lse[~empty], lse[~empty], rtol=tol, atol=tol)
+    assert_matches_reference(res, o, lse, dtype, TOL[dtype])
 
 
 @settings(max_examples=25)

@@ -15,7 +15,7 @@ from refattn.index_set import IndexSet
 from refattn.kernels.flash import flash_forward
 from refattn.kernels.sparse import footprint, sparse_forward
 from refattn.reference import attention, combined_mask
-from tests.kernels.index_sets import random_set
+from tests.kernels.sparse_helpers import assert_matches_reference, random_set
 
 TOL = {np.float64: 1e-11, np.float32: 3e-5}
 M = 100_000
@@ -56,13 +56,7 @@ def set_masks(sets, hq):
 
 
 def check_outputs(res, o, lse, dtype):
-    tol = TOL[dtype]
-    assert res.o.dtype == dtype and res.lse.dtype == dtype
-    np.testing.assert_allclose(res.o, o, rtol=tol, atol=tol)
-    empty = np.isneginf(lse)
-    assert np.array_equal(np.isneginf(res.lse), empty)
-    assert np.all(res.o[empty] == 0) and not np.any(np.isnan(res.o))
-    np.testing.assert_allclose(res.lse[~empty], lse[~empty], rtol=tol, atol=tol)
+    assert_matches_reference(res, o, lse, dtype, TOL[dtype])
 
 
 def expected_counts(sets, keep, d, dv):
